@@ -1,0 +1,237 @@
+"""short_long_attention: PIC's short+long-range attention as a custom op.
+
+One file per op, in the same order everywhere: input checks → the compiled op's fake kernel and
+autograd → the backend implementations → the public function.
+
+The compiled op ``inpaint_fast::short_long_attention_fwd/_bwd`` (schemas in csrc/ops.cpp,
+kernels in csrc/cpu/ and csrc/cuda/) returns the un-gated attention outputs ``sa = x Aᵀ`` and
+``ca = pre Aᵀ`` and the row log-sum-exp next to ``y`` and ``cf``: PIC starts ``gamma`` and
+``alpha`` at 0, so the backward could not recover them from ``y`` and ``cf``; keeping them costs
+O(N·C), while the N×N map is never stored.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from .._extension import extension_error, extension_loaded, has_kernel
+from ..backends import Implementation, registry
+from ._validation import (
+    check_same_device,
+    check_same_dtype,
+    check_scalar,
+    check_shape,
+    check_tensor,
+    check_unit_range,
+)
+
+__all__ = ["short_long_attention"]
+
+OP = "short_long_attention"
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+def _validate(q, x, gamma, pre, mask, alpha, scale) -> None:
+    check_tensor(OP, "x", x, 4, "(B, C, H, W)")
+    B, C, H, W = x.shape
+    check_tensor(OP, "q", q, 4, "(B, Cq, H, W)")
+    check_shape(OP, "q", q, (B, None, H, W), "(B, Cq, H, W)", "batch and spatial sizes of `x`")
+    if q.shape[1] < 1 or C < 1 or H * W < 1:
+        raise ValueError(f"{OP}: needs Cq >= 1, C >= 1 and H*W >= 1, got q {tuple(q.shape)}, x {tuple(x.shape)}")
+    check_scalar(OP, "gamma", gamma)
+    if not isinstance(scale, (int, float)):
+        raise TypeError(f"{OP}: `scale` must be a Python float, got {type(scale).__name__}")
+    if pre is None:
+        if mask is not None:
+            raise ValueError(f"{OP}: `mask` was given without `pre`; the mask only gates the long-range "
+                             "term, which needs `pre` (B, Cp, H, W)")
+        if alpha is not None:
+            raise ValueError(f"{OP}: `alpha` was given without `pre`; it gates the long-range term, "
+                             "which needs `pre` (B, Cp, H, W)")
+    else:
+        check_tensor(OP, "pre", pre, 4, "(B, Cp, H, W)")
+        check_shape(OP, "pre", pre, (B, None, H, W), "(B, Cp, H, W)", "batch and spatial sizes of `x`")
+        if pre.shape[1] < 1:
+            raise ValueError(f"{OP}: `pre` needs at least one channel, got shape {tuple(pre.shape)}")
+        if mask is None:
+            raise ValueError(f"{OP}: `pre` was given without `mask`; pass mask (B, 1, H, W) with "
+                             "1 = visible, 0 = hole")
+        if alpha is None:
+            raise ValueError(f"{OP}: `pre` was given without `alpha`; pass the one-element gate of the "
+                             "long-range term (PIC's Auto_Attn.alpha)")
+        check_tensor(OP, "mask", mask, 4, "(B, 1, H, W)")
+        check_shape(OP, "mask", mask, (B, 1, H, W), "(B, 1, H, W)", "one channel, broadcast over `pre`'s")
+        check_scalar(OP, "alpha", alpha)
+    check_same_dtype(OP, "x", x, q=q, pre=pre)
+    check_same_device(OP, "x", x, q=q, gamma=gamma, pre=pre, mask=mask, alpha=alpha)
+    if mask is not None:
+        check_unit_range(OP, "mask", mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled op: fake kernels and autograd (the kernels are registered in C++)
+# ---------------------------------------------------------------------------------------------
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
+    """Fake kernels and the autograd formula of one forward/backward op pair.
+
+    Every backend's ops share one schema (csrc/ops.cpp), so they share these registrations too.
+    """
+    bwd_op = getattr(torch.ops.inpaint_fast, bwd_name).default
+
+    @torch.library.register_fake(f"inpaint_fast::{fwd_name}")
+    def _fwd_fake(q, x, gamma, pre, mask, alpha, scale):
+        B, C, H, W = x.shape
+        y = x.new_empty((B, C, H, W))
+        sa = x.new_empty((B, C, H, W))
+        if pre is None:
+            cf, ca = x.new_empty((0,)), x.new_empty((0,))
+        else:
+            cf = pre.new_empty((B, pre.shape[1], H, W))
+            ca = pre.new_empty((B, pre.shape[1], H, W))
+        lse = x.new_empty((B, H, W), dtype=_stat_dtype(x.dtype))
+        return y, cf, sa, ca, lse
+
+    @torch.library.register_fake(f"inpaint_fast::{bwd_name}")
+    def _bwd_fake(grad_y, grad_cf, q, x, gamma, pre, mask, alpha, sa, ca, lse, scale):
+        empty = x.new_empty((0,))
+        grad_q = q.new_empty(q.shape)
+        grad_x = x.new_empty(x.shape)
+        grad_gamma = gamma.new_empty(gamma.shape)
+        if pre is None:
+            return grad_q, grad_x, grad_gamma, empty, empty, empty
+        return (grad_q, grad_x, grad_gamma, pre.new_empty(pre.shape), mask.new_empty(mask.shape),
+                alpha.new_empty(alpha.shape))
+
+    def _setup_context(ctx, inputs, output):
+        q, x, gamma, pre, mask, alpha, scale = inputs
+        _y, _cf, sa, ca, lse = output
+        ctx.save_for_backward(q, x, gamma, pre, mask, alpha, sa, ca, lse)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(sa, ca, lse)
+
+    def _backward(ctx, grad_y, grad_cf, _grad_sa, _grad_ca, _grad_lse):
+        q, x, gamma, pre, mask, alpha, sa, ca, lse = ctx.saved_tensors
+        if grad_y is None:
+            grad_y = torch.zeros_like(x)
+        if grad_cf is None:
+            grad_cf = torch.zeros_like(ca)
+        grad_q, grad_x, grad_gamma, grad_pre, grad_mask, grad_alpha = bwd_op(
+            grad_y.contiguous(), grad_cf.contiguous(), q, x, gamma, pre, mask, alpha, sa, ca, lse, ctx.scale
+        )
+        if pre is None:
+            grad_pre = grad_mask = grad_alpha = None
+        return grad_q, grad_x, grad_gamma, grad_pre, grad_mask, grad_alpha, None
+
+    torch.library.register_autograd(f"inpaint_fast::{fwd_name}", _backward, setup_context=_setup_context)
+
+
+if extension_loaded():
+    _register_fake_and_autograd("short_long_attention_fwd", "short_long_attention_bwd")
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend implementations
+# ---------------------------------------------------------------------------------------------
+def _op_runner(fwd_name: str):
+    """The forward of a kernel backend: calls its op and drops the tensors saved for backward."""
+
+    def run(q, x, gamma, pre, mask, alpha, scale):
+        if mask is not None:
+            mask = mask.to(x.dtype)  # the kernels read one dtype; the mask's grad flows back through .to
+        y, cf, _sa, _ca, _lse = getattr(torch.ops.inpaint_fast, fwd_name).default(
+            q, x, gamma, pre, mask, alpha, float(scale)
+        )
+        return y, (cf if pre is not None else None)
+
+    return run
+
+
+def _compiled_unavailable(dispatch_key: str) -> str:
+    if not extension_loaded():
+        return extension_error()
+    if not has_kernel("short_long_attention_fwd", dispatch_key):
+        return f"the extension was built without {dispatch_key} kernels"
+    return ""
+
+
+_registry = registry(OP)
+_registry.register(
+    Implementation(
+        backend="reference",
+        devices=("cpu", "cuda"),
+        dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
+        unavailable="",
+        run=reference.short_long_attention,
+    )
+)
+_registry.register(
+    Implementation(
+        backend="cpu",
+        devices=("cpu",),
+        dtypes=(torch.bfloat16, torch.float32, torch.float64),
+        unavailable=_compiled_unavailable("CPU"),
+        run=_op_runner("short_long_attention_fwd"),
+    )
+)
+_registry.register(
+    Implementation(
+        backend="cuda",
+        devices=("cuda",),
+        dtypes=(torch.float16, torch.bfloat16, torch.float32),
+        unavailable=_compiled_unavailable("CUDA"),
+        run=_op_runner("short_long_attention_fwd"),
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public function
+# ---------------------------------------------------------------------------------------------
+def short_long_attention(
+    q: Tensor,
+    x: Tensor,
+    gamma: Tensor,
+    pre: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+    alpha: Optional[Tensor] = None,
+    *,
+    scale: float = 1.0,
+    backend: Optional[str] = None,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Short+long-range attention of Pluralistic Image Completion, fused (N×N never stored).
+
+    With N = H·W positions, ``A = softmax(scale · qᵀq)`` over keys (keys are never masked):
+
+        y  = gamma · (x Aᵀ) + x
+        cf = alpha · (1 − mask) · (pre Aᵀ) + mask · pre          (only when ``pre`` is given)
+
+    Args:
+        q: (B, Cq, H, W) query, also used as the key (PIC: ``query_conv(x)``, Cq = C/4).
+        x: (B, C, H, W) decoder features: value of the self term and its residual.
+        gamma: one-element tensor (shape () or (1,)), gate of the self term.
+        pre: (B, Cp, H, W) encoder features, value of the long-range term; or None.
+        mask: (B, 1, H, W) in [0, 1], 1 = visible, 0 = hole; required iff ``pre`` is given.
+        alpha: one-element tensor, gate of the long-range term; required iff ``pre`` is given.
+        scale: multiplier of the energies qᵀq (PIC uses 1.0: no 1/√d).
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"``, ``"cuda"``, or None for the
+            default (:func:`inpaint_fast.set_backend`, ``INPAINT_FAST_BACKEND``).
+
+    Returns:
+        ``(y, cf)``: y (B, C, H, W) in x's dtype; cf (B, Cp, H, W) in pre's dtype, or None.
+
+    Gradients flow to q, x, gamma, pre, mask and alpha. ``q``, ``x`` and ``pre`` share one dtype
+    and device; non-contiguous and channels_last inputs are accepted (outputs are contiguous).
+    """
+    _validate(q, x, gamma, pre, mask, alpha, scale)
+    impl = _registry.resolve(backend, x.device, x.dtype)
+    return impl.run(q, x, gamma, pre, mask, alpha, scale)

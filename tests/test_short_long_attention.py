@@ -1,0 +1,299 @@
+"""short_long_attention: every backend against the reference, forward and backward.
+
+The reference (inpaint_fast/reference/short_long_attention.py) is the oracle; each fused backend
+is compared with it on fresh random inputs, odd sizes included, in float64, float32 and bfloat16.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import inpaint_fast
+from inpaint_fast import reference
+from conftest import CPU_BACKENDS, assert_close_to_oracle
+
+OP_FWD = "inpaint_fast::short_long_attention_fwd"
+
+# (B, Cq, C, Cp, H, W): N = 1, 7, 97, 1025, PIC's channel counts; B = 1..3; C not a power of two.
+SHAPES = [
+    (1, 1, 1, 1, 1, 1),
+    (2, 3, 5, 7, 1, 7),
+    (3, 4, 12, 6, 1, 97),
+    (1, 8, 12, 20, 25, 41),
+    (2, 32, 128, 128, 8, 8),
+]
+LAYOUTS = ["contiguous", "channels_last", "transposed"]
+
+
+def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":  # same values, H and W strides swapped: not contiguous in any format
+        return t.transpose(2, 3).contiguous().transpose(2, 3)
+    return t
+
+
+def sample_inputs(shape, dtype=torch.float32, with_pre=True, layout="contiguous", requires_grad=False):
+    """(q, x, gamma, pre, mask, alpha) with nonzero gates and a fractional mask."""
+    B, Cq, C, Cp, H, W = shape
+    q = 0.5 * torch.randn(B, Cq, H, W, dtype=torch.float64)
+    x = torch.randn(B, C, H, W, dtype=torch.float64)
+    gamma = torch.tensor([0.7], dtype=torch.float64)
+    tensors = [q, x, gamma]
+    if with_pre:
+        tensors += [torch.randn(B, Cp, H, W, dtype=torch.float64), torch.rand(B, 1, H, W, dtype=torch.float64),
+                    torch.tensor([-0.4], dtype=torch.float64)]
+    else:
+        tensors += [None, None, None]
+    out = []
+    for i, t in enumerate(tensors):
+        if t is None:
+            out.append(None)
+            continue
+        t = t.to(dtype if i not in (2, 5) else torch.float32 if dtype != torch.float64 else dtype)
+        if t.dim() == 4:
+            t = _layout(t, layout)
+        out.append(t.requires_grad_(requires_grad))
+    return tuple(out)
+
+
+def _forward_backward(fn, inputs, grads):
+    """Outputs and input gradients of ``fn`` for upstream gradients ``grads``."""
+    inputs = [t.detach().clone().requires_grad_(True) if t is not None else None for t in inputs]
+    y, cf = fn(*inputs)
+    outs = [y] + ([cf] if cf is not None else [])
+    live = [t for t in inputs if t is not None]
+    in_grads = torch.autograd.grad(outs, live, grads[: len(outs)])
+    return [o.detach() for o in outs], list(in_grads)
+
+
+def _upstream(inputs, dtype):
+    q, x, gamma, pre, mask, alpha = inputs
+    gy = torch.randn(x.shape, dtype=dtype)
+    gcf = torch.randn(pre.shape, dtype=dtype) if pre is not None else None
+    return [g for g in (gy, gcf) if g is not None]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-Cq{}-C{}-Cp{}-{}x{}".format(*s))
+@pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "self"])
+def test_matches_reference(backend, dtype, shape, with_pre):
+    inputs = sample_inputs(shape, dtype, with_pre)
+    grads = _upstream(inputs, dtype)
+    ours, our_grads = _forward_backward(lambda *a: inpaint_fast.short_long_attention(*a, backend=backend), inputs, grads)
+    ref, ref_grads = _forward_backward(reference.short_long_attention, inputs, grads)
+    inputs64 = [t.double() if t is not None else None for t in inputs]
+    ref64, ref64_grads = _forward_backward(reference.short_long_attention, inputs64, [g.double() for g in grads])
+    names = ["y", "cf"]
+    for name, a, b, c in zip(names, ours, ref, ref64):
+        assert a.dtype == dtype
+        assert_close_to_oracle(name, a, b, c, dtype)
+    grad_names = [n for n, t in zip(["q", "x", "gamma", "pre", "mask", "alpha"], inputs) if t is not None]
+    for name, a, b, c, t in zip(grad_names, our_grads, ref_grads, ref64_grads, [t for t in inputs if t is not None]):
+        assert a.dtype == t.dtype and a.shape == t.shape, f"grad {name}: {a.dtype} {tuple(a.shape)}"
+        # Gate grads are float32 next to bfloat16 features, but they sum products of intermediates
+        # stored in the feature dtype, so the feature dtype sets their precision.
+        assert_close_to_oracle(f"grad_{name}", a, b, c, dtype)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layouts(backend, layout):
+    """channels_last and non-contiguous inputs give the contiguous-input results."""
+    shape = (2, 3, 6, 5, 4, 7)
+    base = sample_inputs(shape, torch.float64)
+    laid = [_layout(t, layout) if t is not None and t.dim() == 4 else t for t in base]
+    grads = _upstream(base, torch.float64)
+    fn = lambda *a: inpaint_fast.short_long_attention(*a, backend=backend)  # noqa: E731
+    outs, in_grads = _forward_backward(fn, laid, grads)
+    ref_outs, ref_grads = _forward_backward(fn, base, grads)
+    for a, b in zip(outs + in_grads, ref_outs + ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "self"])
+def test_gradcheck_fp64(backend, with_pre):
+    inputs = sample_inputs((2, 3, 4, 5, 3, 5), torch.float64, with_pre, requires_grad=True)
+    fn = lambda *a: inpaint_fast.short_long_attention(*a, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "self"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("requires_grad", [True, False])
+def test_opcheck(with_pre, layout, requires_grad):
+    inputs = sample_inputs((2, 3, 5, 4, 3, 4), torch.float32, with_pre, layout, requires_grad)
+    torch.library.opcheck(torch.ops.inpaint_fast.short_long_attention_fwd.default, (*inputs, 1.0))
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="C++ extension not built")
+def test_opcheck_backward_op():
+    q, x, gamma, pre, mask, alpha = sample_inputs((2, 3, 5, 4, 3, 4), torch.float32)
+    y, cf, sa, ca, lse = torch.ops.inpaint_fast.short_long_attention_fwd.default(q, x, gamma, pre, mask, alpha, 0.5)
+    args = (torch.randn_like(y), torch.randn_like(cf), q, x, gamma, pre, mask, alpha, sa, ca, lse, 0.5)
+    torch.library.opcheck(torch.ops.inpaint_fast.short_long_attention_bwd.default, args)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    inputs = sample_inputs((2, 4, 6, 5, 5, 3), torch.float32)
+
+    def step(q, x, gamma, pre, mask, alpha):
+        y, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
+        return (y * 1.5).sum() + (cf ** 2).sum()
+
+    eager_inputs = [t.clone().requires_grad_(True) for t in inputs]
+    compiled_inputs = [t.clone().requires_grad_(True) for t in inputs]
+    eager = step(*eager_inputs)
+    eager.backward()
+    compiled = torch.compile(step, fullgraph=True)(*compiled_inputs)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    for a, b in zip(compiled_inputs, eager_inputs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+# ---- test-worthy facts of PIC's layer (pic.md §5) ---------------------------------------------
+ALL_BACKENDS = ["reference"] + CPU_BACKENDS
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_identity_when_gamma_is_zero(backend):
+    """pic.md §5.1: with gamma = 0 and no pre, y == x exactly."""
+    q, x, _, _, _, _ = sample_inputs((2, 4, 6, 5, 3, 5), torch.float32, with_pre=False)
+    y, cf = inpaint_fast.short_long_attention(q, x, torch.zeros(1), backend=backend)
+    assert cf is None
+    assert torch.equal(y, x)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_constant_values_are_reproduced(backend):
+    """pic.md §5.4: rows of A sum to 1, so spatially constant x gives sa == x: y = (1 + gamma) x."""
+    q, _, gamma, pre, mask, alpha = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
+    x = torch.randn(2, 6, 1, 1, dtype=torch.float64).expand(2, 6, 3, 5).contiguous()
+    y, _ = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
+    torch.testing.assert_close(y, (1 + gamma) * x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_uniform_attention_gives_spatial_mean(backend):
+    """pic.md §5.5: q = 0 makes A = 1/N: sa is the spatial mean of x, ca that of pre."""
+    _, x, gamma, pre, _, alpha = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
+    q = torch.zeros(2, 4, 3, 5, dtype=torch.float64)
+    mask = torch.zeros(2, 1, 3, 5, dtype=torch.float64)
+    y, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
+    torch.testing.assert_close(y, gamma * x.mean((2, 3), keepdim=True) + x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cf, (alpha * pre.mean((2, 3), keepdim=True)).expand_as(pre), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_mask_extremes(backend):
+    """pic.md §5.6: an all-ones mask gives cf == pre whatever alpha; all-zeros gives alpha·(pre Aᵀ)."""
+    q, x, gamma, pre, _, _ = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
+    ones, zeros = torch.ones(2, 1, 3, 5, dtype=torch.float64), torch.zeros(2, 1, 3, 5, dtype=torch.float64)
+    _, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, ones, torch.tensor([3.0], dtype=torch.float64),
+                                              backend=backend)
+    torch.testing.assert_close(cf, pre, rtol=0, atol=1e-15)
+    _, cf0 = inpaint_fast.short_long_attention(q, x, gamma, pre, zeros, torch.tensor([2.0], dtype=torch.float64),
+                                               backend=backend)
+    attn = reference.attention_map(q)
+    expected = 2.0 * torch.bmm(pre.reshape(2, 5, 15), attn.transpose(1, 2)).reshape(pre.shape)
+    torch.testing.assert_close(cf0, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_permutation_equivariance(backend):
+    """pic.md §5.7: permuting positions of q, x, pre and mask together permutes y and cf."""
+    q, x, gamma, pre, mask, alpha = sample_inputs((2, 4, 6, 5, 1, 11), torch.float64)
+    perm = torch.randperm(11)
+    y, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
+    yp, cfp = inpaint_fast.short_long_attention(q[..., perm], x[..., perm], gamma, pre[..., perm], mask[..., perm],
+                                                alpha, backend=backend)
+    torch.testing.assert_close(yp, y[..., perm], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cfp, cf[..., perm], rtol=1e-12, atol=1e-12)
+
+
+def test_attention_map_facts():
+    """pic.md §5.3/§5.4: E symmetric, rows of A sum to 1, diag(Z)·A symmetric."""
+    q = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    attn = inpaint_fast.attention_map(q)
+    qf = q.reshape(2, 3, 20)
+    energy = qf.transpose(1, 2) @ qf
+    torch.testing.assert_close(energy, energy.transpose(1, 2))
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 20, dtype=torch.float64))
+    z = torch.logsumexp(energy, -1).exp()
+    za = z[:, :, None] * attn
+    torch.testing.assert_close(za, za.transpose(1, 2))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_gate_gradients_at_init(backend):
+    """pic.md §5.2: with gamma = alpha = 0, q gets exactly zero gradient; gamma and alpha do not."""
+    q, x, _, pre, mask, _ = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64, requires_grad=True)
+    gamma = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    alpha = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    y, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
+    (y.square().sum() + cf.square().sum()).backward()
+    assert torch.count_nonzero(q.grad) == 0
+    assert gamma.grad.abs().item() > 0 and alpha.grad.abs().item() > 0
+
+
+# ---- bad input --------------------------------------------------------------------------------
+def _bad_cases():
+    def base():
+        return dict(zip(["q", "x", "gamma", "pre", "mask", "alpha"], sample_inputs((2, 3, 5, 4, 3, 4))))
+
+    def case(label, error, match, **changes):
+        return pytest.param(changes, error, match, id=label)
+
+    return [
+        case("x-rank", ValueError, r"`x` must be a 4-D \(B, C, H, W\)", x=torch.randn(2, 5, 12)),
+        case("q-batch", ValueError, r"`q` must have shape", q=torch.randn(3, 3, 3, 4)),
+        case("q-spatial", ValueError, r"`q` must have shape", q=torch.randn(2, 3, 4, 3)),
+        case("pre-spatial", ValueError, r"`pre` must have shape", pre=torch.randn(2, 4, 3, 5)),
+        case("mask-channels", ValueError, r"`mask` must have shape \(B, 1, H, W\)", mask=torch.rand(2, 3, 3, 4)),
+        case("mask-range", ValueError, r"`mask` must lie in \[0, 1\]", mask=torch.full((2, 1, 3, 4), 1.5)),
+        case("x-int", TypeError, r"`x` must be floating point", x=torch.ones(2, 5, 3, 4, dtype=torch.int64)),
+        case("pre-dtype", TypeError, r"`pre` has dtype float64 but `x` has float32",
+             pre=torch.randn(2, 4, 3, 4, dtype=torch.float64)),
+        case("gamma-shape", ValueError, r"`gamma` must have exactly one element", gamma=torch.zeros(2)),
+        case("gamma-float", TypeError, r"`gamma` must be a one-element tensor", gamma=0.5),
+        case("mask-without-pre", ValueError, r"`mask` was given without `pre`", pre=None, alpha=None),
+        case("alpha-without-pre", ValueError, r"`alpha` was given without `pre`", pre=None, mask=None),
+        case("pre-without-mask", ValueError, r"`pre` was given without `mask`", mask=None),
+        case("pre-without-alpha", ValueError, r"`pre` was given without `alpha`", alpha=None),
+        case("device", ValueError, r"`mask` is on meta but `x` is on cpu", mask=torch.rand(2, 1, 3, 4, device="meta")),
+    ], base
+
+
+_CASES, _base_inputs = _bad_cases()
+
+
+@pytest.mark.parametrize("changes,error,match", _CASES)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_bad_input(changes, error, match, backend):
+    kwargs = _base_inputs()
+    kwargs.update(changes)
+    with pytest.raises(error, match=match):
+        inpaint_fast.short_long_attention(**kwargs, backend=backend)
+
+
+def test_unsupported_dtype_is_an_error_not_a_fallback():
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("C++ extension not built")
+    inputs = sample_inputs((1, 2, 3, 3, 2, 2), torch.float16)
+    with pytest.raises(inpaint_fast.BackendError, match="backend 'cpu' supports dtypes .* but the inputs are float16"):
+        inpaint_fast.short_long_attention(*inputs, backend="cpu")
+
+
+def test_gpu_backend_on_cpu_tensors_is_an_error():
+    inputs = sample_inputs((1, 2, 3, 3, 2, 2))
+    with pytest.raises(inpaint_fast.BackendError, match="backend 'cuda'"):
+        inpaint_fast.short_long_attention(*inputs, backend="cuda")
