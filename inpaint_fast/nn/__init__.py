@@ -1,0 +1,22 @@
+"""Drop-in modules built on the fused ops.
+
+* :class:`ShortLongAttention` — PIC's ``Auto_Attn`` (same state-dict names and forward contract);
+  :func:`convert_auto_attn_state_dict` / ``ShortLongAttention.load_pic_state_dict`` read PIC's
+  checkpoint layout.
+* :class:`FusionBlock` — DFNet's fusion block (same state-dict keys; official state dicts load
+  with ``strict=True``).
+* :class:`SpectralNormConv2d`, :class:`PreActResBlock` — PIC's spectral-normed conv and the
+  ResBlock configuration ``Auto_Attn`` uses.
+"""
+
+from .fusion_block import FusionBlock
+from .short_long_attention import PreActResBlock, ShortLongAttention, convert_auto_attn_state_dict
+from .spectral_norm import SpectralNormConv2d
+
+__all__ = [
+    "FusionBlock",
+    "PreActResBlock",
+    "ShortLongAttention",
+    "SpectralNormConv2d",
+    "convert_auto_attn_state_dict",
+]
