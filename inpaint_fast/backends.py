@@ -111,7 +111,8 @@ class OpRegistry:
         _check_name(impl.backend, f"{self.op_name}: registering")
         self._impls[impl.backend] = impl
 
-    def _why_not(self, backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    def why_not(self, backend: str, device: torch.device, dtype: torch.dtype) -> str:
+        """'' when ``backend`` can serve ``device``/``dtype`` inputs, else the reason it cannot."""
         impl = self._impls.get(backend)
         if impl is None:
             return f"backend {backend!r} has no implementation of {self.op_name} in this version"
@@ -133,17 +134,17 @@ class OpRegistry:
         name = get_backend() if backend is None else _check_name(backend, f"{self.op_name}(backend=...)")
         if name == "auto":
             for candidate in AUTO_PREFERENCE.get(device.type, ("reference",)):
-                if not self._why_not(candidate, device, dtype):
+                if not self.why_not(candidate, device, dtype):
                     return self._impls[candidate]
             name = "reference"
-        reason = self._why_not(name, device, dtype)
+        reason = self.why_not(name, device, dtype)
         if reason:
             raise BackendError(f"{self.op_name}: {reason}")
         return self._impls[name]
 
     def available(self, device: torch.device, dtype: Optional[torch.dtype]) -> List[str]:
         dtypes: Sequence[torch.dtype] = (dtype,) if dtype is not None else (torch.float32,)
-        return [b for b in self._impls if all(not self._why_not(b, device, d) for d in dtypes)]
+        return [b for b in self._impls if all(not self.why_not(b, device, d) for d in dtypes)]
 
 
 _REGISTRIES: Dict[str, OpRegistry] = {}

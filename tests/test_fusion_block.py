@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import inpaint_fast
 from inpaint_fast import reference
-from conftest import CPU_BACKENDS, assert_close_to_oracle
+from conftest import CPU_BACKENDS, INTERPRETED, assert_close_to_oracle, skip_outside_envelope
 
 ALL_BACKENDS = ["reference"] + CPU_BACKENDS
 PARAM_NAMES = [
@@ -74,6 +74,7 @@ def _grads(feat, A, dtype):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-c{}-{}x{}-from{}x{}-A{}".format(*s))
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_matches_reference(backend, dtype, shape, training):
+    skip_outside_envelope("fusion_block", backend, dtype, shape[2] * shape[3])
     feat, image, params = sample_inputs(shape, dtype)
     grads = _grads(feat, shape[-1], dtype)
     fn = lambda *a: inpaint_fast.fusion_block(*a, backend=backend)  # noqa: E731
@@ -107,6 +108,8 @@ def test_layouts(backend, layout):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_gradcheck_fp64(backend, training):
+    if backend in INTERPRETED:
+        pytest.skip("interpreted Triton: tests/test_triton_fusion_block.py gradchecks the kernels directly")
     feat, image, params = sample_inputs((2, 3, 3, 4, 6, 8, 3), torch.float64)
     trainable = [k for k in PARAM_NAMES if k not in BUFFERS]
 
@@ -123,28 +126,35 @@ def test_gradcheck_fp64(backend, training):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="C++ extension not built")
+# The custom ops behind each kernel backend (one schema, csrc/ops.cpp).
+OP_NAMES = {"cpu": "fusion_block", "triton": "triton_fusion_block"}
+OP_BACKENDS = [b for b in CPU_BACKENDS if b in OP_NAMES]
+
+
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("requires_grad", [True, False])
-def test_opcheck(training, layout, requires_grad):
+def test_opcheck(backend, training, layout, requires_grad):
     feat, image, params = sample_inputs((2, 5, 4, 6, 8, 12, 3), torch.float32, layout)
     args = [feat.requires_grad_(requires_grad), image]
     args += [params[k].requires_grad_(requires_grad and k not in BUFFERS) for k in PARAM_NAMES]
-    torch.library.opcheck(torch.ops.inpaint_fast.fusion_block_fwd.default, (*args, training, 1e-5))
+    op = getattr(torch.ops.inpaint_fast, OP_NAMES[backend] + "_fwd").default
+    torch.library.opcheck(op, (*args, training, 1e-5))
 
 
-@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="C++ extension not built")
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_opcheck_backward_op(training):
+def test_opcheck_backward_op(backend, training):
     feat, image, params = sample_inputs((2, 5, 4, 6, 8, 12, 1), torch.float32)
     values = [params[k] for k in PARAM_NAMES]
-    out, alpha, raw, m1, v1, m2, v2 = torch.ops.inpaint_fast.fusion_block_fwd.default(
-        feat, image, *values, training, 1e-5)
+    fwd = getattr(torch.ops.inpaint_fast, OP_NAMES[backend] + "_fwd").default
+    bwd = getattr(torch.ops.inpaint_fast, OP_NAMES[backend] + "_bwd").default
+    out, alpha, raw, m1, v1, m2, v2 = fwd(feat, image, *values, training, 1e-5)
     p = dict(params, bn1_running_mean=m1, bn1_running_var=v1, bn2_running_mean=m2, bn2_running_var=v2)
     args = (torch.randn_like(out), torch.randn_like(alpha), torch.randn_like(raw), feat, image,
             *[p[k] for k in PARAM_NAMES], training, 1e-5)  # fmt: skip
-    torch.library.opcheck(torch.ops.inpaint_fast.fusion_block_bwd.default, args)
+    torch.library.opcheck(bwd, args)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -17,8 +17,10 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .._extension import extension_error, extension_loaded, has_kernel
+from .. import triton as triton_support
+from .._extension import extension_loaded
 from ..backends import Implementation, registry
+from ._registration import compiled_unavailable, register_triton_kernels, stat_dtype
 from ._validation import check_same_device, check_same_dtype, check_shape, check_tensor
 
 __all__ = ["fusion_block"]
@@ -83,8 +85,6 @@ def _validate(feat, image, params, training) -> None:
 # ---------------------------------------------------------------------------------------------
 # The compiled op: fake kernels and autograd (the kernels are registered in C++)
 # ---------------------------------------------------------------------------------------------
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
@@ -100,7 +100,7 @@ def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
                   bn2_running_mean, bn2_running_var, conv3_weight, conv3_bias, training, eps):  # fmt: skip
         B, _, h, w = feat.shape
         cm, a = conv1_weight.shape[0], conv3_weight.shape[0]
-        stat = _stat_dtype(feat.dtype)
+        stat = stat_dtype(feat.dtype)
         return (
             feat.new_empty((B, 3, h, w)),
             feat.new_empty((B, a, h, w)),
@@ -153,6 +153,9 @@ def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
 
 if extension_loaded():
     _register_fake_and_autograd("fusion_block_fwd", "fusion_block_bwd")
+_TRITON_UNAVAILABLE = register_triton_kernels(OP)
+if not _TRITON_UNAVAILABLE:
+    _register_fake_and_autograd("triton_fusion_block_fwd", "triton_fusion_block_bwd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,12 +190,6 @@ def _run_reference(feat, image, params, training, momentum, eps):
     return reference.fusion_block(feat, image, *params, training=training, momentum=momentum, eps=eps)
 
 
-def _compiled_unavailable(dispatch_key: str) -> str:
-    if not extension_loaded():
-        return extension_error()
-    if not has_kernel("fusion_block_fwd", dispatch_key):
-        return f"the extension was built without {dispatch_key} kernels"
-    return ""
 
 
 _registry = registry(OP)
@@ -210,7 +207,7 @@ _registry.register(
         backend="cpu",
         devices=("cpu",),
         dtypes=(torch.bfloat16, torch.float32, torch.float64),
-        unavailable=_compiled_unavailable("CPU"),
+        unavailable=compiled_unavailable(OP, "CPU"),
         run=_op_runner("fusion_block_fwd"),
     )
 )
@@ -219,8 +216,19 @@ _registry.register(
         backend="cuda",
         devices=("cuda",),
         dtypes=(torch.float16, torch.bfloat16, torch.float32),
-        unavailable=_compiled_unavailable("CUDA"),
+        unavailable=compiled_unavailable(OP, "CUDA"),
         run=_op_runner("fusion_block_fwd"),
+    )
+)
+
+
+_registry.register(
+    Implementation(
+        backend="triton",
+        devices=triton_support.device_types(),
+        dtypes=triton_support.dtypes(),
+        unavailable=_TRITON_UNAVAILABLE,
+        run=_op_runner("triton_fusion_block_fwd"),
     )
 )
 

@@ -18,8 +18,10 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .._extension import extension_error, extension_loaded, has_kernel
+from .. import triton as triton_support
+from .._extension import extension_loaded
 from ..backends import Implementation, registry
+from ._registration import compiled_unavailable, register_triton_kernels, stat_dtype
 from ._validation import (
     check_same_device,
     check_same_dtype,
@@ -77,8 +79,6 @@ def _validate(q, x, gamma, pre, mask, alpha, scale) -> None:
 # ---------------------------------------------------------------------------------------------
 # The compiled op: fake kernels and autograd (the kernels are registered in C++)
 # ---------------------------------------------------------------------------------------------
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
@@ -98,7 +98,7 @@ def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
         else:
             cf = pre.new_empty((B, pre.shape[1], H, W))
             ca = pre.new_empty((B, pre.shape[1], H, W))
-        lse = x.new_empty((B, H, W), dtype=_stat_dtype(x.dtype))
+        lse = x.new_empty((B, H, W), dtype=stat_dtype(x.dtype))
         return y, cf, sa, ca, lse
 
     @torch.library.register_fake(f"inpaint_fast::{bwd_name}")
@@ -137,6 +137,9 @@ def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
 
 if extension_loaded():
     _register_fake_and_autograd("short_long_attention_fwd", "short_long_attention_bwd")
+_TRITON_UNAVAILABLE = register_triton_kernels(OP)
+if not _TRITON_UNAVAILABLE:
+    _register_fake_and_autograd("triton_short_long_attention_fwd", "triton_short_long_attention_bwd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,12 +159,6 @@ def _op_runner(fwd_name: str):
     return run
 
 
-def _compiled_unavailable(dispatch_key: str) -> str:
-    if not extension_loaded():
-        return extension_error()
-    if not has_kernel("short_long_attention_fwd", dispatch_key):
-        return f"the extension was built without {dispatch_key} kernels"
-    return ""
 
 
 _registry = registry(OP)
@@ -179,7 +176,7 @@ _registry.register(
         backend="cpu",
         devices=("cpu",),
         dtypes=(torch.bfloat16, torch.float32, torch.float64),
-        unavailable=_compiled_unavailable("CPU"),
+        unavailable=compiled_unavailable(OP, "CPU"),
         run=_op_runner("short_long_attention_fwd"),
     )
 )
@@ -188,8 +185,19 @@ _registry.register(
         backend="cuda",
         devices=("cuda",),
         dtypes=(torch.float16, torch.bfloat16, torch.float32),
-        unavailable=_compiled_unavailable("CUDA"),
+        unavailable=compiled_unavailable(OP, "CUDA"),
         run=_op_runner("short_long_attention_fwd"),
+    )
+)
+
+
+_registry.register(
+    Implementation(
+        backend="triton",
+        devices=triton_support.device_types(),
+        dtypes=triton_support.dtypes(),
+        unavailable=_TRITON_UNAVAILABLE,
+        run=_op_runner("triton_short_long_attention_fwd"),
     )
 )
 
