@@ -1,0 +1,31 @@
+"""Full benchmark sweep of ``short_long_attention`` (PIC's short+long-range attention).
+
+    python benchmarks/bench_short_long_attention.py                 # the device's full sweep
+    python benchmarks/bench_short_long_attention.py --dtype bf16 --mode fwd --sizes 512 1024
+
+Takes every option of ``inpaint-fast bench`` and upserts into benchmarks/results/benchmarks.csv.
+Cases, inputs and providers live in ``inpaint_fast/bench/short_long_attention.py`` (so the
+installed CLI has them too); in short:
+
+* PIC's layer: C = Cp = 128, Cq = 32, with pre / mask / alpha; N = (S/8)² for an S×S image
+  (N = 256, 1 024, 4 096, 16 384 at S = 128 … 1024); B·N constant (4 096 CPU, 16 384 CUDA).
+* FLOPs (matmuls only, kernels.md §3.1), reported as TFLOP/s:
+      fwd      2·B·N²·(Cq + C + Cp)
+      bwd      2·B·N²·(3·Cq + 2·(C + Cp))
+      fwd+bwd  the sum
+* Providers: reference (eager, N×N), this package's backends on the device, and on CUDA
+  compile (torch.compile of the reference), sdpa (SDPA on [x | pre] + eager epilogue), flex
+  (compiled FlexAttention + eager epilogue).
+* Every provider is checked against the reference before it is timed (outputs and gradients).
+"""
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_CSV = os.path.join(HERE, "results", "benchmarks.csv")
+
+if __name__ == "__main__":
+    from inpaint_fast.cli import main
+
+    sys.exit(main(["bench", "--op", "attention", "--csv", RESULTS_CSV, *sys.argv[1:]]))

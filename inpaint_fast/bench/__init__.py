@@ -1,0 +1,49 @@
+"""Benchmark harness of inpaint_fast: what ``inpaint-fast bench`` and ``benchmarks/`` run.
+
+It lives in the package (not in ``benchmarks/``) so the installed ``inpaint-fast`` command can
+use it. Modules, one job each:
+
+* :mod:`.timing` — ms quantiles (CUDA: ``triton.testing.do_bench`` or CUDA events; CPU:
+  ``torch.utils.benchmark``) and peak memory (CUDA allocator stats; CPU peak RSS);
+* :mod:`.core` — cases, providers, the correctness gate and the runner;
+* :mod:`.short_long_attention`, :mod:`.fusion_block` — each op's cases, inputs, providers and
+  FLOP / byte counts;
+* :mod:`.results` — the CSV schema and its upsert; :mod:`.env` — device, versions, commit;
+* :mod:`.report` — the console table.
+
+The repository's ``benchmarks/`` folder holds the full per-op sweeps, the results CSV, the plots,
+the README table renderer and the pytest-benchmark micro-benchmarks, all built on this package.
+"""
+
+from .core import Case, Inputs, OpBench, Provider, Result, Sweep, Unavailable, results_to_rows, run
+from .fusion_block import FusionBlockBench
+from .short_long_attention import ShortLongAttentionBench
+from .timing import Timing, TimingConfig
+
+__all__ = [
+    "OPS",
+    "Case",
+    "FusionBlockBench",
+    "Inputs",
+    "OpBench",
+    "Provider",
+    "Result",
+    "ShortLongAttentionBench",
+    "Sweep",
+    "Timing",
+    "TimingConfig",
+    "Unavailable",
+    "get_op",
+    "results_to_rows",
+    "run",
+]
+
+OPS = {b.kernel: b for b in (ShortLongAttentionBench(), FusionBlockBench())}
+
+
+def get_op(name: str) -> OpBench:
+    """The op benchmark for a kernel name or alias (``attention``, ``fusion_block``, ...)."""
+    for bench in OPS.values():
+        if name == bench.kernel or name in bench.aliases:
+            return bench
+    raise KeyError(f"unknown op {name!r}; expected one of {sorted(a for b in OPS.values() for a in b.aliases)}")

@@ -1,0 +1,69 @@
+"""The console table of ``inpaint-fast bench``."""
+
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+from .core import Result
+
+__all__ = ["format_table"]
+
+HEADER = ("implementation", "op", "mode", "dtype", "shape", "ms", "p20-p80 ms", "throughput", "speedup",
+          "peak MiB", "status")  # fmt: skip
+
+
+def _num(v: float, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if v == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(v)))
+    return f"{v:.{max(digits - 1 - mag, 0)}f}"
+
+
+def _row(r: Result, notes: List[str]) -> tuple:
+    t = r.timing
+    status = r.status
+    if r.status != "ok" and r.note:
+        notes.append(r.note)
+        status = f"{r.status} [{len(notes)}]"
+    throughput = "-"
+    if t is not None and r.flops:
+        throughput = f"{_num(r.flops / t.p50 / 1e9)} TFLOP/s"
+    elif t is not None and r.nbytes:
+        throughput = f"{_num(r.nbytes / t.p50 / 1e6)} GB/s"
+    return (
+        r.provider,
+        r.kernel,
+        r.mode,
+        r.dtype,
+        r.shape,
+        _num(t.p50) if t else "-",
+        f"{_num(t.p20)}-{_num(t.p80)}" if t else "-",
+        throughput,
+        f"{r.speedup[1]:.2f}x" if r.speedup else "-",
+        _num(r.peak_mb, 4) if t else "-",
+        status,
+    )
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """A fixed-width table, grouped by (op, dtype, shape, mode) with the reference first, and
+    numbered notes for every row that was not timed."""
+    order = {}
+    for r in results:
+        order.setdefault((r.kernel, r.dtype, r.shape, r.mode), len(order))
+    ranked = sorted(results, key=lambda r: (order[(r.kernel, r.dtype, r.shape, r.mode)], r.provider != "reference"))
+    notes: List[str] = []
+    rows = [HEADER] + [_row(r, notes) for r in ranked]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    right = {5, 6, 7, 8, 9}
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
+    return "\n".join(lines)

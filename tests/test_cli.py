@@ -1,0 +1,210 @@
+"""The ``inpaint-fast`` command line and the benchmark harness behind ``bench`` (tiny sizes)."""
+
+import csv
+import importlib.util
+import math
+import os
+
+import pytest
+import torch
+
+from inpaint_fast import cli
+from inpaint_fast.bench import Provider, Sweep, TimingConfig, get_op, results_to_rows, run
+from inpaint_fast.bench.results import COLUMNS, read_rows, upsert_rows
+from inpaint_fast.bench.timing import peak_memory_mb, quantiles
+
+CPU = torch.device("cpu")
+FAST = TimingConfig(min_run_time=0.005, min_reps=2, warmup_time=0.0)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tiny cases: attention at N = 16 (32² input), fusion block levels 0 and 1 of a 16² image.
+TINY = ["--quick", "--sizes", "32", "--levels", "0", "--batch", "1", "--min-run-time", "0.005"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops on one thread: quick, and immune to OpenMP threads waiting on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parser_accepts_the_documented_flags():
+    args = cli.build_parser().parse_args(
+        ["bench", "--op", "attention", "--mode", "fwd", "fwd+bwd", "--dtype", "fp32", "--sizes", "256", "512",
+         "--providers", "reference,cpu", "--quick", "--device", "cpu", "--no-csv"]
+    )  # fmt: skip
+    assert args.command == "bench" and args.op == "attention" and args.quick and args.no_csv
+    assert cli._split(args.providers) == ["reference", "cpu"]
+    assert cli._split(args.mode) == ["fwd", "fwd+bwd"]
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "bench" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_reported(capsys):
+    assert cli.main(["bench", "--device", "cpu", "--providers", "nope", "--no-csv"]) == 2
+    assert "unknown provider" in capsys.readouterr().err
+    assert cli.main(["bench", "--device", "cpu", "--op", "attention", "--sizes", "30", "--no-csv"]) == 2
+
+
+def test_modes_expand_per_op():
+    attention, fusion = get_op("attention"), get_op("fusion_block")
+    assert attention.resolve_modes(["fwd", "train-fwd+bwd"]) == ("fwd", "fwd+bwd")
+    assert fusion.resolve_modes(["fwd"]) == ("eval-fwd", "train-fwd")
+    assert fusion.resolve_modes(["train-bwd"]) == ("train-bwd",)
+    with pytest.raises(ValueError):
+        fusion.resolve_modes(["sideways"])
+
+
+def test_tiny_bench_prints_a_table(capsys):
+    rc = cli.main(["bench", "--device", "cpu", "--op", "all", "--mode", "eval-fwd", "fwd+bwd",
+                   "--providers", "reference", "--no-csv", *TINY])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    header = next(line for line in out.splitlines() if line.startswith("implementation"))
+    for column in ("op", "mode", "shape", "ms", "speedup", "peak MiB"):
+        assert column in header
+    assert "short_long_attention" in out and "fusion_block" in out
+    assert "B1-C128-Cq32-Cp128-N16" in out and "B1-k0-c4-32x32-img32" in out
+    assert "upserted" not in out
+
+
+def test_csv_upsert_replaces_rows(tmp_path, capsys):
+    path = str(tmp_path / "results.csv")
+    argv = ["bench", "--device", "cpu", "--op", "attention", "--mode", "fwd", "--providers", "reference",
+            "--csv", path, *TINY]  # fmt: skip
+    assert cli.main(argv) == 0
+    first = read_rows(path)
+    assert {r["metric"] for r in first} == {"ms", "tflops", "peak_mb", "speedup_vs_reference"}
+    assert all(r["status"] == "ok" and r["commit"] and r["device_name"] for r in first)
+    with open(path) as f:
+        assert next(csv.reader(f)) == COLUMNS
+    assert cli.main(argv) == 0
+    second = read_rows(path)
+    assert len(second) == len(first)
+    # A later failure of the same measurement replaces all its metrics, and leaves others alone.
+    other = dict(first[0], provider="cpu")
+    upsert_rows(path, [other])
+    failed = dict(first[0], metric="ms", p20="", p50="", p80="", status="wrong", note="bad")
+    n = upsert_rows(path, [failed])
+    rows = read_rows(path)
+    assert n == len(rows) == 2
+    assert {(r["provider"], r["status"]) for r in rows} == {("reference", "wrong"), ("cpu", "ok")}
+
+
+def _wrong_forward(q, x, gamma, pre=None, mask=None, alpha=None):
+    from inpaint_fast.reference import short_long_attention
+
+    y, cf = short_long_attention(q, x, gamma, pre, mask, alpha)
+    return y * 1.01, cf
+
+
+def _wrong_gradient(q, x, gamma, pre=None, mask=None, alpha=None):
+    from inpaint_fast.reference import short_long_attention
+
+    y, cf = short_long_attention(q.detach(), x, gamma, pre, mask, alpha)  # no gradient reaches q
+    return y, cf
+
+
+def _broken(case, device):
+    raise RuntimeError("kernel exploded")
+
+
+def test_gate_rejects_wrong_providers_and_records_failures():
+    bench = get_op("attention")
+    cases = bench.cases(Sweep(sizes=(32,), dtypes=("fp32",), modes=(), batch=2), CPU)
+    extra = {
+        "wrong_fwd": Provider("wrong_fwd", lambda case, device: _wrong_forward),
+        "wrong_grad": Provider("wrong_grad", lambda case, device: _wrong_gradient),
+        "broken": Provider("broken", _broken),
+    }
+    results = run(bench, cases, ("fwd", "fwd+bwd"), ("reference", *extra), CPU, FAST, extra_providers=extra)
+    status = {(r.provider, r.mode): r for r in results}
+    assert status[("reference", "fwd")].status == "ok" and status[("reference", "fwd")].timing is not None
+    for mode in ("fwd", "fwd+bwd"):
+        r = status[("wrong_fwd", mode)]
+        assert r.status == "wrong" and r.timing is None and "y" in r.note
+        assert status[("broken", mode)].status == "error" and "kernel exploded" in status[("broken", mode)].note
+    assert status[("wrong_grad", "fwd")].status == "ok"  # its forward is right, so it is timed
+    bad = status[("wrong_grad", "fwd+bwd")]
+    assert bad.status == "wrong" and bad.timing is None and "grad_q" in bad.note
+    rows = results_to_rows(results, {"device_name": "test"})
+    wrong_rows = [r for r in rows if r["provider"] == "wrong_fwd"]
+    assert len(wrong_rows) == 2 and all(r["metric"] == "ms" and "p50" not in r for r in wrong_rows)
+    speedup = [r for r in rows if r["provider"] == "reference" and r["metric"] == "speedup_vs_reference"]
+    assert speedup and all(math.isclose(r["p50"], 1.0) for r in speedup)
+
+
+def test_cli_exit_code_flags_wrong_results(monkeypatch, capsys):
+    bench = get_op("attention")
+    registry = dict(bench.providers())
+    registry["reference_wrong"] = Provider("reference_wrong", lambda case, device: _wrong_forward)
+    monkeypatch.setattr(type(bench), "providers", lambda self: registry)
+    rc = cli.main(["bench", "--device", "cpu", "--op", "attention", "--mode", "fwd", "--providers", "reference",
+                   "reference_wrong", "--no-csv", *TINY])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 1 and "wrong [1]" in captured.out and "correctness gate" in captured.err
+
+
+def test_fusion_block_gate_checks_running_stats():
+    bench = get_op("fusion_block")
+    cases = bench.cases(Sweep(sizes=(16,), dtypes=("fp32",), modes=(), batch=2, levels=(1,)), CPU)
+
+    def no_running_update(**kw):
+        from inpaint_fast.reference import fusion_block
+
+        kw = dict(kw, bn1_running_mean=kw["bn1_running_mean"].clone())  # the caller's buffer is not updated
+        return fusion_block(**kw)
+
+    extra = {"stale": Provider("stale", lambda case, device: no_running_update)}
+    results = run(bench, cases, ("eval-fwd", "train-fwd"), ("reference", "stale"), CPU, FAST, extra_providers=extra)
+    by_mode = {(r.provider, r.mode): r.status for r in results}
+    assert by_mode[("stale", "eval-fwd")] == "ok"
+    assert by_mode[("stale", "train-fwd")] == "wrong"
+    assert by_mode[("reference", "train-fwd")] == "ok"
+
+
+def test_quantiles_and_peak_memory():
+    assert quantiles([1.0, 2.0, 3.0, 4.0, 5.0]) == [1.8, 3.0, 4.2]
+    mb = peak_memory_mb(lambda: torch.ones(4 * 2**20 // 4), CPU)  # 4 MiB
+    assert math.isnan(mb) or 3.0 <= mb <= 12.0
+
+
+def test_readme_table_renders_and_rewrites(tmp_path):
+    readme_table = _load_script("readme_table")
+    env = {"device_name": "Test CPU (2 threads)", "torch_version": "2.13", "triton_version": "", "cuda_version": "",
+           "commit": "abc1234", "timestamp": "2026-01-01T00:00:00+00:00"}  # fmt: skip
+    base = dict(kernel="short_long_attention", mode="fwd", dtype="fp32", shape="B1-C128-Cq32-Cp128-N1024", **env)
+    rows = [
+        dict(base, provider="reference", metric="ms", p20=9.5, p50=10.0, p80=10.5, status="ok"),
+        dict(base, provider="cpu", metric="ms", p20=1.9, p50=2.0, p80=2.1, status="ok"),
+        dict(base, provider="cpu", metric="speedup_vs_reference", p50=5.0, status="ok"),
+        dict(base, provider="reference", metric="peak_mb", p50=64.0, status="ok"),
+        dict(base, provider="triton", metric="ms", status="unavailable", note="no GPU"),
+    ]
+    path = str(tmp_path / "r.csv")
+    upsert_rows(path, rows)
+    block = readme_table.render(read_rows(path))
+    assert "Test CPU (2 threads)" in block and "abc1234" in block
+    assert "| op | mode | dtype | shape | reference | cpu | triton | best speedup |" in block
+    assert "| attention | fwd | fp32 | B1-C128-Cq32-Cp128-N1024 | 10 | 2 | unavailable | 5.00× (cpu) |" in block
+    assert "| 64 |" in block  # the peak-memory table
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nold numbers\n<!-- bench:end -->\noutro\n")
+    assert readme_table.main(["--csv", path, "--readme", str(readme), "--write"]) == 0
+    text = readme.read_text()
+    assert "old numbers" not in text and "5.00× (cpu)" in text
+    assert text.startswith("intro\n<!-- bench:start -->\n") and text.endswith("<!-- bench:end -->\noutro\n")
+    bare = tmp_path / "BARE.md"
+    bare.write_text("no markers\n")
+    assert readme_table.main(["--csv", path, "--readme", str(bare), "--write"]) == 1
