@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q numpy tqdm pytest pytest-benchmark ninja "setuptools>=64" wheel
+	$(PY) -m pip install -q numpy tqdm pytest pytest-benchmark ninja "setuptools>=64" wheel triton
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 

@@ -219,9 +219,9 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
     const at::Tensor pf = V.narrow(1, C, Cp);
     const at::Tensor m = flat(*mask, acc);  // (B, 1, N)
     const double a = alpha->item<double>();
-    // cf = a * (1 - m) * ca + m * pre = a * ca + m * (pre - a * ca).
-    at::Tensor a_ca = ca_acc * a;
-    cf = finish(at::addcmul(a_ca, m, pf - a_ca), {B, Cp, H, W}, pre->scalar_type());
+    // cf = (1 - m) * (a * ca) + m * pre, evaluated as written so that visible pixels (m = 1)
+    // return pre bit for bit and holes (m = 0) exactly a * ca, as in the reference.
+    cf = finish(at::addcmul(m * pf, 1 - m, ca_acc * a), {B, Cp, H, W}, pre->scalar_type());
     ca = finish(ca_acc, {B, Cp, H, W}, pre->scalar_type());
   } else {
     cf = at::empty({0}, x.options());
