@@ -85,9 +85,19 @@ def test_matches_reference(backend, dtype, shape, training):
     labels = ["out", "alpha", "raw"]
     labels += ["grad_feat", "grad_image"] + [f"grad_{k}" for k in PARAM_NAMES if k not in BUFFERS]
     labels += sorted(BUFFERS)
+    # Parameter gradients are sums over all M = B·h·w pixels of per-pixel terms rounded to the
+    # dtype. Some are mathematically ~0 (a bias just before a training-mode BatchNorm), so their
+    # value is rounding noise: judge each at the scale of the largest parameter gradient, with the
+    # √M growth of a sum's rounding error (PyTorch's CPU BatchNorm sums in double, so its own
+    # error on these can be luckily small).
+    param_grads = [c for label, c in zip(labels, sum(ref64, [])) if label.startswith("grad_") and "image" not in
+                   label and "feat" not in label]
+    param_scale = max(t.abs().max().item() for t in param_grads)
     for label, a, b, c in zip(labels, sum(ours, []), sum(ref, []), sum(ref64, [])):
         assert a.dtype == dtype, label
-        assert_close_to_oracle(label, a, b, c, dtype)
+        is_param = any(c is t for t in param_grads)
+        summed = feat.shape[0] * feat.shape[2] * feat.shape[3] if is_param else 1
+        assert_close_to_oracle(label, a, b, c, dtype, scale=param_scale if is_param else 0.0, summed_terms=summed)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
