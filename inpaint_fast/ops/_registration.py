@@ -8,11 +8,17 @@ Python functions with the same contract; they become the kernels of ``inpaint_fa
 from __future__ import annotations
 
 import importlib
+from typing import Callable
 
 import torch
 
 from .. import triton as triton_support
 from .._extension import extension_error, extension_loaded, has_kernel
+from ..backends import Implementation, OpRegistry, registry
+
+ALL_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+CPU_KERNEL_DTYPES = (torch.bfloat16, torch.float32, torch.float64)
+CUDA_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def stat_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -47,3 +53,33 @@ def register_triton_kernels(op: str) -> str:
     torch.library.impl(f"inpaint_fast::triton_{op}_fwd", devices, getattr(kernels, f"{op}_fwd"))
     torch.library.impl(f"inpaint_fast::triton_{op}_bwd", devices, getattr(kernels, f"{op}_bwd"))
     return ""
+
+
+def register_backends(
+    op: str,
+    reference_run: Callable,
+    kernel_runner: Callable[[str], Callable],
+    register_fake_and_autograd: Callable[[str, str], None],
+) -> OpRegistry:
+    """Every backend of ``op``, registered the same way for each op.
+
+    ``reference_run`` is the pure-PyTorch implementation; ``kernel_runner(fwd_op_name)`` builds
+    the forward that calls a kernel backend's op; ``register_fake_and_autograd(fwd, bwd)`` adds
+    the op's fake kernels and autograd formula to one forward/backward op pair. Availability is
+    decided here, once, so choosing a backend later is plain Python.
+    """
+    if extension_loaded():
+        register_fake_and_autograd(f"{op}_fwd", f"{op}_bwd")
+    triton_unavailable = register_triton_kernels(op)
+    if not triton_unavailable:
+        register_fake_and_autograd(f"triton_{op}_fwd", f"triton_{op}_bwd")
+
+    reg = registry(op)
+    reg.register(Implementation("reference", ("cpu", "cuda"), ALL_FLOATING, "", reference_run))
+    reg.register(Implementation("cpu", ("cpu",), CPU_KERNEL_DTYPES, compiled_unavailable(op, "CPU"),
+                                kernel_runner(f"{op}_fwd")))  # fmt: skip
+    reg.register(Implementation("cuda", ("cuda",), CUDA_KERNEL_DTYPES, compiled_unavailable(op, "CUDA"),
+                                kernel_runner(f"{op}_fwd")))  # fmt: skip
+    reg.register(Implementation("triton", triton_support.device_types(), triton_support.dtypes(),
+                                triton_unavailable, kernel_runner(f"triton_{op}_fwd")))  # fmt: skip
+    return reg

@@ -17,10 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .. import triton as triton_support
-from .._extension import extension_loaded
-from ..backends import Implementation, registry
-from ._registration import compiled_unavailable, register_triton_kernels, stat_dtype
+from ._registration import register_backends, stat_dtype
 from ._validation import check_same_device, check_same_dtype, check_shape, check_tensor
 
 __all__ = ["fusion_block"]
@@ -151,13 +148,6 @@ def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
     torch.library.register_autograd(f"inpaint_fast::{fwd_name}", _backward, setup_context=_setup_context)
 
 
-if extension_loaded():
-    _register_fake_and_autograd("fusion_block_fwd", "fusion_block_bwd")
-_TRITON_UNAVAILABLE = register_triton_kernels(OP)
-if not _TRITON_UNAVAILABLE:
-    _register_fake_and_autograd("triton_fusion_block_fwd", "triton_fusion_block_bwd")
-
-
 # ---------------------------------------------------------------------------------------------
 # Backend implementations
 # ---------------------------------------------------------------------------------------------
@@ -190,47 +180,7 @@ def _run_reference(feat, image, params, training, momentum, eps):
     return reference.fusion_block(feat, image, *params, training=training, momentum=momentum, eps=eps)
 
 
-
-
-_registry = registry(OP)
-_registry.register(
-    Implementation(
-        backend="reference",
-        devices=("cpu", "cuda"),
-        dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
-        unavailable="",
-        run=_run_reference,
-    )
-)
-_registry.register(
-    Implementation(
-        backend="cpu",
-        devices=("cpu",),
-        dtypes=(torch.bfloat16, torch.float32, torch.float64),
-        unavailable=compiled_unavailable(OP, "CPU"),
-        run=_op_runner("fusion_block_fwd"),
-    )
-)
-_registry.register(
-    Implementation(
-        backend="cuda",
-        devices=("cuda",),
-        dtypes=(torch.float16, torch.bfloat16, torch.float32),
-        unavailable=compiled_unavailable(OP, "CUDA"),
-        run=_op_runner("fusion_block_fwd"),
-    )
-)
-
-
-_registry.register(
-    Implementation(
-        backend="triton",
-        devices=triton_support.device_types(),
-        dtypes=triton_support.dtypes(),
-        unavailable=_TRITON_UNAVAILABLE,
-        run=_op_runner("triton_fusion_block_fwd"),
-    )
-)
+_registry = register_backends(OP, _run_reference, _op_runner, _register_fake_and_autograd)
 
 
 # ---------------------------------------------------------------------------------------------

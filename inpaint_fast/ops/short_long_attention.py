@@ -18,10 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .. import triton as triton_support
-from .._extension import extension_loaded
-from ..backends import Implementation, registry
-from ._registration import compiled_unavailable, register_triton_kernels, stat_dtype
+from ._registration import register_backends, stat_dtype
 from ._validation import (
     check_same_device,
     check_same_dtype,
@@ -135,13 +132,6 @@ def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
     torch.library.register_autograd(f"inpaint_fast::{fwd_name}", _backward, setup_context=_setup_context)
 
 
-if extension_loaded():
-    _register_fake_and_autograd("short_long_attention_fwd", "short_long_attention_bwd")
-_TRITON_UNAVAILABLE = register_triton_kernels(OP)
-if not _TRITON_UNAVAILABLE:
-    _register_fake_and_autograd("triton_short_long_attention_fwd", "triton_short_long_attention_bwd")
-
-
 # ---------------------------------------------------------------------------------------------
 # Backend implementations
 # ---------------------------------------------------------------------------------------------
@@ -159,47 +149,7 @@ def _op_runner(fwd_name: str):
     return run
 
 
-
-
-_registry = registry(OP)
-_registry.register(
-    Implementation(
-        backend="reference",
-        devices=("cpu", "cuda"),
-        dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
-        unavailable="",
-        run=reference.short_long_attention,
-    )
-)
-_registry.register(
-    Implementation(
-        backend="cpu",
-        devices=("cpu",),
-        dtypes=(torch.bfloat16, torch.float32, torch.float64),
-        unavailable=compiled_unavailable(OP, "CPU"),
-        run=_op_runner("short_long_attention_fwd"),
-    )
-)
-_registry.register(
-    Implementation(
-        backend="cuda",
-        devices=("cuda",),
-        dtypes=(torch.float16, torch.bfloat16, torch.float32),
-        unavailable=compiled_unavailable(OP, "CUDA"),
-        run=_op_runner("short_long_attention_fwd"),
-    )
-)
-
-
-_registry.register(
-    Implementation(
-        backend="triton",
-        devices=triton_support.device_types(),
-        dtypes=triton_support.dtypes(),
-        unavailable=_TRITON_UNAVAILABLE,
-        run=_op_runner("triton_short_long_attention_fwd"),
-    )
-)
+_registry = register_backends(OP, reference.short_long_attention, _op_runner, _register_fake_and_autograd)
 
 
 # ---------------------------------------------------------------------------------------------
