@@ -29,27 +29,29 @@ SHAPES = [
 ]
 
 
-def sample_inputs(shape, dtype=torch.float32, layout="contiguous"):
-    """(feat, image, params) with non-trivial BN statistics and affine parameters."""
+def sample_inputs(shape, dtype=torch.float32, layout="contiguous", cm=32, device="cpu"):
+    """(feat, image, params) with non-trivial BN statistics and affine parameters, drawn in fp64
+    and rounded to ``dtype``. ``cm``: the blend's middle channels (32 in DFNet)."""
     B, c, h, w, H, W, A = shape
     g = lambda *s: torch.randn(*s, dtype=torch.float64)  # noqa: E731
     feat = g(B, c, h, w)
     image = torch.rand(B, 3, H, W, dtype=torch.float64)
     params = {
         "map_weight": g(3, c, 1, 1) * 0.5, "map_bias": g(3) * 0.1,
-        "conv1_weight": g(32, 6, 1, 1) * 0.4, "conv1_bias": g(32) * 0.1,
-        "bn1_weight": 1 + 0.2 * g(32), "bn1_bias": 0.1 * g(32),
-        "bn1_running_mean": 0.1 * g(32), "bn1_running_var": 1 + 0.5 * torch.rand(32, dtype=torch.float64),
-        "conv2_weight": g(A, 32, 3, 3) * 0.1, "conv2_bias": g(A) * 0.1,
+        "conv1_weight": g(cm, 6, 1, 1) * 0.4, "conv1_bias": g(cm) * 0.1,
+        "bn1_weight": 1 + 0.2 * g(cm), "bn1_bias": 0.1 * g(cm),
+        "bn1_running_mean": 0.1 * g(cm), "bn1_running_var": 1 + 0.5 * torch.rand(cm, dtype=torch.float64),
+        "conv2_weight": g(A, cm, 3, 3) * 0.1, "conv2_bias": g(A) * 0.1,
         "bn2_weight": 1 + 0.2 * g(A), "bn2_bias": 0.1 * g(A),
         "bn2_running_mean": 0.1 * g(A), "bn2_running_var": 1 + 0.5 * torch.rand(A, dtype=torch.float64),
         "conv3_weight": g(A, A, 1, 1), "conv3_bias": g(A) * 0.1,
     }  # fmt: skip
     if layout == "channels_last":
         feat, image = (t.contiguous(memory_format=torch.channels_last) for t in (feat, image))
-    elif layout == "transposed":
+    elif layout == "transposed":  # H and W strides swapped: not contiguous in any memory format
         feat, image = (t.transpose(2, 3).contiguous().transpose(2, 3) for t in (feat, image))
-    return feat.to(dtype), image.to(dtype), {k: v.to(dtype) for k, v in params.items()}
+    to = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    return to(feat), to(image), {k: to(v) for k, v in params.items()}
 
 
 def _run(fn, feat, image, params, training, grads, image_grad=True):

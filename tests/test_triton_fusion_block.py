@@ -24,6 +24,7 @@ pytest.importorskip("triton")
 
 from inpaint_fast import reference  # noqa: E402
 from inpaint_fast.triton import fusion_block as kernels  # noqa: E402
+from test_fusion_block import sample_inputs  # noqa: E402
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -51,27 +52,8 @@ EPS = 1e-5
 
 
 def make_inputs(shape, dtype, cm=32, layout="contiguous"):
-    """(feat, image, params): non-trivial BN statistics and affine parameters, fp64 rounded to dtype."""
-    B, c, h, w, H, W, A = shape
-    g = lambda *s: torch.randn(*s, dtype=torch.float64)  # noqa: E731
-    feat = g(B, c, h, w)
-    image = torch.rand(B, 3, H, W, dtype=torch.float64)
-    params = {
-        "map_weight": g(3, c, 1, 1) * 0.5, "map_bias": g(3) * 0.1,
-        "conv1_weight": g(cm, 6, 1, 1) * 0.4, "conv1_bias": g(cm) * 0.1,
-        "bn1_weight": 1 + 0.2 * g(cm), "bn1_bias": 0.1 * g(cm),
-        "bn1_running_mean": 0.1 * g(cm), "bn1_running_var": 1 + 0.5 * torch.rand(cm, dtype=torch.float64),
-        "conv2_weight": g(A, cm, 3, 3) * 0.1, "conv2_bias": g(A) * 0.1,
-        "bn2_weight": 1 + 0.2 * g(A), "bn2_bias": 0.1 * g(A),
-        "bn2_running_mean": 0.1 * g(A), "bn2_running_var": 1 + 0.5 * torch.rand(A, dtype=torch.float64),
-        "conv3_weight": g(A, A, 1, 1), "conv3_bias": g(A) * 0.1,
-    }  # fmt: skip
-    if layout == "channels_last":
-        feat, image = (t.contiguous(memory_format=torch.channels_last) for t in (feat, image))
-    elif layout == "transposed":  # H and W strides swapped: not contiguous in any memory format
-        feat, image = (t.transpose(2, 3).contiguous().transpose(2, 3) for t in (feat, image))
-    to = lambda t: t.to(device=DEVICE, dtype=dtype)  # noqa: E731
-    return to(feat), to(image), {k: to(v) for k, v in params.items()}
+    """(feat, image, params) of test_fusion_block.sample_inputs, on this file's device."""
+    return sample_inputs(shape, dtype, layout, cm=cm, device=DEVICE)
 
 
 def out_grads(shape, dtype):
