@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from ._autocast import autocast_dtype
 from ._registration import register_backends, stat_dtype
 from ._validation import check_same_device, check_same_dtype, check_shape, check_tensor
 
@@ -235,11 +236,18 @@ def fusion_block(
         ``(out, alpha, raw)``: Y (B, 3, h, w), α (B, A, h, w), R (B, 3, h, w), in feat's dtype.
 
     Gradients flow to feat, image and every weight and BN affine parameter. All tensors share
-    one dtype and device.
+    one dtype and device; inside ``torch.autocast`` the block runs in the parameters' dtype
+    (fp32, like ``batch_norm``): ``feat`` and ``image`` are cast up first.
     """
     params = (map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias, bn1_running_mean,
               bn1_running_var, conv2_weight, conv2_bias, bn2_weight, bn2_bias, bn2_running_mean,
               bn2_running_var, conv3_weight, conv3_bias)  # fmt: skip
+    if isinstance(feat, Tensor) and isinstance(image, Tensor) and isinstance(map_weight, Tensor) and (
+        autocast_dtype(feat.device.type) is not None
+    ):  # fp32 policy (ops/_autocast.py): feat and image go to the parameters' dtype; checks run inside
+        with torch.autocast(feat.device.type, enabled=False):
+            return fusion_block(feat.to(map_weight.dtype), image.to(map_weight.dtype), *params, training,
+                                momentum, eps, backend=backend)
     _validate(feat, image, params, training)
     impl = _registry.resolve(backend, feat.device, feat.dtype)
     return impl.run(feat, image, params, training, momentum, eps)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from ._autocast import autocast_dtype
 from ._registration import register_backends, stat_dtype
 from ._validation import (
     check_same_device,
@@ -189,7 +190,15 @@ def short_long_attention(
 
     Gradients flow to q, x, gamma, pre, mask and alpha. ``q``, ``x`` and ``pre`` share one dtype
     and device; non-contiguous and channels_last inputs are accepted (outputs are contiguous).
+    Inside ``torch.autocast`` every input is first cast to the autocast dtype (fp16/bf16; fp32
+    accumulation inside), so mixed-dtype inputs from autocast regions are fine.
     """
+    compute = autocast_dtype(x.device.type) if isinstance(x, Tensor) else None
+    if compute is not None:  # lower-precision policy (ops/_autocast.py); checks run inside the call
+        cast = lambda t: t.to(compute) if isinstance(t, Tensor) else t  # noqa: E731
+        with torch.autocast(x.device.type, enabled=False):
+            return short_long_attention(cast(q), cast(x), cast(gamma), cast(pre), cast(mask), cast(alpha),
+                                        scale=scale, backend=backend)
     _validate(q, x, gamma, pre, mask, alpha, scale)
     impl = _registry.resolve(backend, x.device, x.dtype)
     return impl.run(q, x, gamma, pre, mask, alpha, scale)
