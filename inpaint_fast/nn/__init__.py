@@ -5,18 +5,19 @@
   checkpoint layout.
 * :class:`FusionBlock` — DFNet's fusion block (same state-dict keys; official state dicts load
   with ``strict=True``).
-* :class:`SpectralNormConv2d`, :class:`PreActResBlock` — PIC's spectral-normed conv and the
-  ResBlock configuration ``Auto_Attn`` uses.
+* :class:`SpectralNormConv2d`, :class:`SpectralNormConvTranspose2d`, :class:`PreActResBlock` —
+  PIC's spectral-normed convs and the ResBlock configuration ``Auto_Attn`` uses.
 """
 
 from .fusion_block import FusionBlock
 from .short_long_attention import PreActResBlock, ShortLongAttention, convert_auto_attn_state_dict
-from .spectral_norm import SpectralNormConv2d
+from .spectral_norm import SpectralNormConv2d, SpectralNormConvTranspose2d
 
 __all__ = [
     "FusionBlock",
     "PreActResBlock",
     "ShortLongAttention",
     "SpectralNormConv2d",
+    "SpectralNormConvTranspose2d",
     "convert_auto_attn_state_dict",
 ]
