@@ -14,6 +14,7 @@ A = c_alpha)::
 
 Indices 2 and 5 hold LeakyReLU(0.2) and 7 a Sigmoid, as in DFNet; they document the layer order
 but the forward never calls them: the whole chain runs as one ``inpaint_fast.fusion_block`` call.
+The convs are :class:`SameConv2d` (stride 1, odd k: symmetric padding, stored as ``.conv``).
 """
 
 from __future__ import annotations
@@ -24,29 +25,14 @@ from torch import Tensor, nn
 
 import inpaint_fast
 
+from .same_conv import SameConv2d
+
 __all__ = ["FusionBlock"]
 
 # DFNet's BlendBlock: c_mid = max(c_in // 2, 32) with c_in = 6 (resized image + raw), so 32.
 BLEND_IN_CHANNELS = 6
 BLEND_MID_CHANNELS = max(BLEND_IN_CHANNELS // 2, 32)
 LEAKY_SLOPE = 0.2
-
-
-class _SameConv(nn.Module):
-    """A stride-1 conv with symmetric "same" zero padding, held as ``.conv``.
-
-    DFNet's ``Conv2dSame`` stores a symmetric-padding conv as ``<name>.conv``; this wrapper exists
-    only so the state-dict keys read ``...conv.weight``. Forward: (B, C_in, H, W) → (B, C_out, H, W).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
-        super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f"_SameConv: odd kernel sizes only (symmetric padding), got {kernel_size}")
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
 
 
 class _BlendBlock(nn.Module):
@@ -59,13 +45,13 @@ class _BlendBlock(nn.Module):
     def __init__(self, c_alpha: int) -> None:
         super().__init__()
         self.blend = nn.Sequential(
-            _SameConv(BLEND_IN_CHANNELS, BLEND_MID_CHANNELS, 1),  # 0
+            SameConv2d(BLEND_IN_CHANNELS, BLEND_MID_CHANNELS, 1),  # 0
             nn.BatchNorm2d(BLEND_MID_CHANNELS),                   # 1
             nn.LeakyReLU(LEAKY_SLOPE),                            # 2
-            _SameConv(BLEND_MID_CHANNELS, c_alpha, 3),            # 3
+            SameConv2d(BLEND_MID_CHANNELS, c_alpha, 3),            # 3
             nn.BatchNorm2d(c_alpha),                              # 4
             nn.LeakyReLU(LEAKY_SLOPE),                            # 5
-            _SameConv(c_alpha, c_alpha, 1),                       # 6
+            SameConv2d(c_alpha, c_alpha, 1),                       # 6
             nn.Sigmoid(),                                         # 7
         )
 
@@ -111,7 +97,7 @@ class FusionBlock(nn.Module):
         self.c_feat = c_feat
         self.c_alpha = c_alpha
         self.backend = backend
-        self.map2img = nn.Sequential(_SameConv(c_feat, 3, 1), nn.Sigmoid())
+        self.map2img = nn.Sequential(SameConv2d(c_feat, 3, 1), nn.Sigmoid())
         self.blend = _BlendBlock(c_alpha)
 
     def forward(self, feat: Tensor, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
