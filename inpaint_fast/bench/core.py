@@ -385,6 +385,7 @@ class Result:
     flops: Optional[float] = None
     nbytes: Optional[float] = None
     speedup: Optional[Tuple[float, float, float]] = field(default=None)
+    items: Optional[int] = None  # images per call (end-to-end steps): adds an images_per_s metric
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -552,6 +553,9 @@ def results_to_rows(results: Sequence[Result], env: dict) -> List[dict]:
         if r.nbytes:
             rows.append(dict(base, metric="gbps", p20=r.nbytes / t.p80 / 1e6, p50=r.nbytes / t.p50 / 1e6,
                              p80=r.nbytes / t.p20 / 1e6))
+        if r.items:
+            rows.append(dict(base, metric="images_per_s", p20=r.items / t.p80 * 1e3, p50=r.items / t.p50 * 1e3,
+                             p80=r.items / t.p20 * 1e3))
         rows.append(dict(base, metric="peak_mb", p50=r.peak_mb))
         if r.speedup is not None:
             rows.append(dict(base, metric="speedup_vs_reference", p20=r.speedup[0], p50=r.speedup[1],

@@ -1,0 +1,57 @@
+"""The end-to-end training-step benchmark (inpaint_fast/bench/train_step.py): gate, rows, OOM path."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from inpaint_fast.bench import train_step
+from inpaint_fast.bench.core import results_to_rows
+from inpaint_fast.bench.timing import TimingConfig
+
+TINY = TimingConfig(min_run_time=0.01, min_reps=1, warmup_time=0.0)
+
+
+def test_gate_accepts_rounding_and_rejects_a_wrong_step():
+    ref = {"loss_g": 2.0, "loss_d": 0.5}
+    assert train_step._gate({"loss_g": 2.0 * (1 + 1e-5), "loss_d": 0.5}, ref, "off")[0] == "ok"
+    status, note = train_step._gate({"loss_g": 2.1, "loss_d": 0.5}, ref, "off")
+    assert status == "wrong" and "loss_g" in note
+    assert train_step._gate({"loss_g": math.nan, "loss_d": 0.5}, ref, "off")[0] == "wrong"
+    assert train_step._gate({"loss_g": 2.05, "loss_d": 0.5}, ref, "bf16")[0] == "ok"  # autocast tolerance
+    assert train_step._gate(ref, None, "off")[0] == "unverified"
+
+
+def test_pic_step_is_gated_timed_and_written_as_rows(monkeypatch):
+    """PIC at 96² (the smallest side its discriminators take), reference vs the C++ backend, plus a
+    provider whose step returns wrong losses: it must be reported wrong and never timed."""
+    real_build = train_step.build_step
+
+    def build(case, backend, device, seed=0):
+        if backend == "wrong":
+            step, batch = real_build(case, "cpu", device, seed)
+            return (lambda: {k: v * 1.5 for k, v in step().items()}), batch
+        return real_build(case, backend, device, seed)
+
+    monkeypatch.setattr(train_step, "build_step", build)
+    case = train_step.TrainCase("pic", 96, 1)
+    results = train_step.run_train_bench([case], ["reference", "cpu", "wrong"], torch.device("cpu"), TINY)
+    by = {r.provider: r for r in results}
+    assert by["reference"].status == "ok" and by["cpu"].status == "ok", by["cpu"].note
+    assert by["wrong"].status == "wrong" and by["wrong"].timing is None
+    assert by["cpu"].speedup is not None and by["cpu"].peak_mb == by["cpu"].peak_mb  # not NaN
+    rows = results_to_rows(results, {"device_name": "test"})
+    metrics = {(r["provider"], r["metric"]) for r in rows}
+    assert {("cpu", "ms"), ("cpu", "images_per_s"), ("cpu", "peak_mb"), ("cpu", "speedup_vs_reference")} <= metrics
+    ips = next(r for r in rows if r["provider"] == "cpu" and r["metric"] == "images_per_s")
+    assert math.isclose(ips["p50"], 1e3 / by["cpu"].timing.p50)
+
+
+def test_a_failing_provider_is_recorded_not_raised(monkeypatch):
+    def build(case, backend, device, seed=0):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 32.00 GiB")
+
+    monkeypatch.setattr(train_step, "build_step", build)
+    results = train_step.run_train_bench([train_step.TrainCase("pic", 96, 1)], ["reference"], torch.device("cpu"), TINY)
+    assert results[0].status == "oom" and results[0].timing is None
