@@ -2,6 +2,11 @@
 
     inpaint-fast bench --quick                       # both ops, small sweep, < 3 min on 2 CPU cores
     inpaint-fast bench --op attention --mode fwd --sizes 256 512 1024 --dtype bf16 --device cuda
+    inpaint-fast train --model pic --data DIR --out runs/pic            # PIC's recipe, 1 GPU
+    torchrun --nproc_per_node 8 -m inpaint_fast.cli train --model dfnet --data DIR --out runs/dfnet \
+        --vgg-weights vgg16.pth                                          # DFNet's recipe, 8 GPUs
+    inpaint-fast inpaint --model pic --checkpoint runs/pic/checkpoints/step_00100000.pt \
+        --image x.png --mask m.png --out results --samples 10
 
 Every subcommand is a pair ``add_<name>_parser(subparsers)`` / ``run_<name>(args) -> int``
 registered in ``COMMANDS``; heavy imports happen inside ``run_<name>`` so ``--help`` stays fast.
@@ -173,11 +178,138 @@ def run_bench(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# train
+
+
+def add_train_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train",
+        help="train PIC or DFNet on a folder of images (multi-GPU through torchrun)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Train PIC or DFNet with the papers' recipes (every default below can be overridden).\n\n"
+            "  pic:   Adam lr 1e-4, betas (0.0, 0.999) for E+G and for D+D_rec; per step one E+G forward,\n"
+            "         a D step on both discriminators, then a G/E step with them frozen; batch 8, 256x256,\n"
+            "         masks 'pic' (regular or irregular, 50/50), PIC's resize-crop-flip-rotate.\n"
+            "  dfnet: Adam lr 2e-4, default betas (the original recipe; the authors' later code base used\n"
+            "         --optimizer adamw --lr 2e-3), batch 6, 512x512, masks 'free_form', resize + flip;\n"
+            "         loss: multi-scale L1 + VGG16 perceptual/style (+ TV), needs --vgg-weights.\n\n"
+            "Multi-GPU / multi-node: launch with torchrun (e.g. torchrun --nproc_per_node 8 -m inpaint_fast.cli\n"
+            "train ...); --batch is per process. Output: OUT/metrics.jsonl, OUT/samples/step_*.png,\n"
+            "OUT/checkpoints/step_*.pt (atomic; --resume auto continues bit-identically on CPU)."
+        ),
+    )
+    p.add_argument("--model", required=True, choices=("pic", "dfnet"))
+    p.add_argument("--data", required=True, metavar="DIR", help="folder of training images (searched recursively)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (metrics, samples, checkpoints)")
+    p.add_argument("--size", type=int, metavar="S",
+                   help="training crop side (pic: multiple of 32, >= 96, default 256; "
+                        "dfnet: multiple of 256, default 512)")
+    p.add_argument("--batch", type=int, metavar="B", help="batch size per process (default: pic 8, dfnet 6)")
+    p.add_argument("--steps", type=int, default=100_000, metavar="N",
+                   help="optimisation steps in total (default 100000)")
+    p.add_argument("--lr", type=float, help="learning rate (default: pic 1e-4, dfnet 2e-4)")
+    p.add_argument("--lr-d", type=float, help="pic: learning rate of the discriminators (default: --lr)")
+    p.add_argument("--optimizer", choices=("adam", "adamw"), default="adam",
+                   help="dfnet: adam (original recipe) or adamw (the authors' later recipe, with --lr 2e-3)")
+    p.add_argument("--masks", metavar="SPEC",
+                   help="center | regular | irregular | pic | free_form | a folder of mask files [:pic|:dfnet] "
+                        "(default: pic 'pic', dfnet 'free_form')")
+    p.add_argument("--tv", choices=("released", "intended"), default="released",
+                   help="dfnet: TV term on the targets as released (a constant: no TV) or on the results")
+    p.add_argument("--vgg-weights", metavar="PATH",
+                   help="dfnet (required): torchvision VGG16 ImageNet state dict saved with torch.save")
+    p.add_argument("--amp", choices=("off", "fp16", "bf16"), default="off", help="mixed precision (default off)")
+    p.add_argument("--backend", metavar="NAME", help="inpaint_fast backend: auto reference cpu triton cuda")
+    p.add_argument("--compile", action="store_true", help="wrap the networks in torch.compile")
+    p.add_argument("--workers", type=int, default=4, metavar="W", help="data-loading processes per GPU (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, augmentation and masks")
+    p.add_argument("--log-every", type=int, default=10, metavar="K",
+                   help="metrics.jsonl row every K steps (default 10)")
+    p.add_argument("--sample-every", type=int, default=1000, metavar="K", help="sample grid every K steps (0: never)")
+    p.add_argument("--ckpt-every", type=int, default=5000, metavar="K",
+                   help="checkpoint every K steps (0: only at the end; one is always written at the last step)")
+    p.add_argument("--keep-ckpts", type=int, default=3, metavar="N", help="keep the N newest checkpoints (0: all)")
+    p.add_argument("--resume", metavar="PATH|auto",
+                   help="continue from a checkpoint; 'auto' = the latest under --out (a fresh start if none)")
+    p.add_argument("--device", help="cpu | cuda | cuda:K (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run_train(args) -> int:
+    from inpaint_fast.training.run import fit, prepare
+
+    try:
+        prepared = prepare(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    trainer = fit(prepared)
+    if prepared.info.is_main:
+        print(f"done: step {trainer.step}, checkpoints in {os.path.join(args.out, 'checkpoints')}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# inpaint
+
+
+def add_inpaint_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "inpaint",
+        help="complete an image with PIC or DFNet",
+        description=(
+            "Complete IMAGE where MASK marks holes; outputs are composited with the known pixels at the "
+            "image's own size. PIC writes <stem>_out_<i>.png (i < --samples); DFNet writes <stem>_result.png "
+            "(+ _raw, _alpha with --save-raw). The image is resized to the model's size (PIC: multiple of 32, "
+            "default 256; DFNet: multiple of 256, default 512; our checkpoints supply their training size) and "
+            "the completion back. DFNet's official checkpoints expect BGR input: pass --bgr with them."
+        ),
+    )
+    p.add_argument("--model", required=True, choices=("pic", "dfnet"))
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="a checkpoint from inpaint-fast train, or for dfnet an official state dict")
+    p.add_argument("--pic-E", metavar="PATH", help="pic: PIC's official <iter>_net_E.pth (with --pic-G)")
+    p.add_argument("--pic-G", metavar="PATH", help="pic: PIC's official <iter>_net_G.pth (with --pic-E)")
+    p.add_argument("--image", required=True, metavar="IMG")
+    p.add_argument("--mask", required=True, metavar="MASK")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--samples", type=int, default=1, metavar="K", help="pic: number of completions (default 1)")
+    p.add_argument("--deterministic", action="store_true", help="pic: z = mean of the conditional prior")
+    p.add_argument("--size", type=int, metavar="S", help="working size of the model")
+    p.add_argument("--mask-convention", choices=("dfnet", "pic"),
+                   help="dfnet: white = known (soft); pic: exactly black = known, anything else a hole "
+                        "(default: the model's own)")
+    p.add_argument("--bgr", action="store_true", help="dfnet: feed BGR (the official checkpoints were run on BGR)")
+    p.add_argument("--save-raw", action="store_true", help="dfnet: also write the raw completion and the alpha")
+    p.add_argument("--seed", type=int, default=0, help="pic: seed of the latent samples")
+    p.add_argument("--backend", metavar="NAME", help="inpaint_fast backend: auto reference cpu triton cuda")
+    p.add_argument("--device", help="cpu | cuda | cuda:K (default: cuda if available)")
+    return p
+
+
+def run_inpaint(args) -> int:
+    from inpaint_fast.inpaint import run_inpaint as inpaint
+
+    try:
+        written = inpaint(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # entry point
 
-# name -> (add the subparser, run it). `train` and `inpaint` join here (DESIGN.md §3).
+# name -> (add the subparser, run it) (DESIGN.md §3).
 COMMANDS: Dict[str, Tuple[Callable, Callable]] = {
     "bench": (add_bench_parser, run_bench),
+    "train": (add_train_parser, run_train),
+    "inpaint": (add_inpaint_parser, run_inpaint),
 }
 
 

@@ -1,0 +1,31 @@
+"""Training machinery behind ``inpaint-fast train``.
+
+* :mod:`.loop` — :class:`Trainer` (epochs, progress, metrics, samples, checkpoints, resume) and
+  the :class:`TrainTask` interface a model implements;
+* :mod:`.tasks` — the PIC and DFNet tasks (the papers' recipes);
+* :mod:`.checkpoint` — atomic saves, RNG states, finding the latest checkpoint;
+* :mod:`.distributed` — torchrun / DDP set-up;
+* :mod:`.sampling` — a DistributedSampler that resumes mid-epoch;
+* :mod:`.amp` — autocast + GradScaler;
+* :mod:`.visuals` — sample grids;
+* :mod:`.run` — from parsed ``inpaint-fast train`` arguments to a finished run.
+"""
+
+from .amp import AMP_MODES, Precision
+from .checkpoint import atomic_save, latest_checkpoint, load_checkpoint
+from .distributed import DistInfo, init_distributed, shutdown_distributed
+from .loop import TrainConfig, Trainer, TrainTask
+
+__all__ = [
+    "AMP_MODES",
+    "DistInfo",
+    "Precision",
+    "TrainConfig",
+    "TrainTask",
+    "Trainer",
+    "atomic_save",
+    "init_distributed",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "shutdown_distributed",
+]

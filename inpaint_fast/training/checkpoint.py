@@ -1,0 +1,160 @@
+"""Training checkpoints: atomic writes, exact-resume state, and finding the latest one.
+
+A checkpoint is one ``torch.save`` file (a dict) under ``OUT/checkpoints/step_<step>.pt``. It is
+written to a temporary file in the same folder, flushed, fsync'ed and moved into place with
+``os.replace``, so a crash or an exception while saving never leaves a partial ``step_*.pt``
+behind: either the old set of checkpoints or the new one is on disk.
+
+Everything in it loads with ``torch.load(weights_only=True)``: RNG states of numpy and Python
+are converted to tensors and plain tuples first.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "atomic_save",
+    "capture_rng_state",
+    "checkpoint_dir",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "restore_rng_state",
+]
+
+CHECKPOINT_FORMAT = "inpaint_fast.train/1"
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_dir(out_dir: str) -> str:
+    """Where a run writing to ``out_dir`` keeps its checkpoints."""
+    return os.path.join(out_dir, "checkpoints")
+
+
+def checkpoint_path(out_dir: str, step: int) -> str:
+    """``OUT/checkpoints/step_<step, 8 digits>.pt``."""
+    return os.path.join(checkpoint_dir(out_dir), f"step_{step:08d}.pt")
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save(obj)`` to ``path`` so that ``path`` is either absent/old or complete.
+
+    The bytes go to a hidden temporary file next to ``path`` (same file system, so the final
+    ``os.replace`` is atomic), are fsync'ed, then renamed; the folder is fsync'ed too so the rename
+    survives a power cut. On any exception the temporary file is removed and the error re-raised.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename durable; not every platform lets you open a folder
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def list_checkpoints(out_dir: str) -> List[tuple]:
+    """``[(step, path), ...]`` of the complete checkpoints of a run, sorted by step."""
+    folder = checkpoint_dir(out_dir)
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        m = _NAME.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(folder, name)))
+    return sorted(found)
+
+
+def latest_checkpoint(out_dir: str) -> Optional[str]:
+    """Path of the highest-step checkpoint under ``out_dir``, or None when there is none."""
+    found = list_checkpoints(out_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(out_dir: str, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints (``keep <= 0`` keeps everything)."""
+    if keep <= 0:
+        return
+    for _, path in list_checkpoints(out_dir)[:-keep]:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def load_checkpoint(path: str, map_location: Any = "cpu", *, mmap: bool = False) -> Dict[str, Any]:
+    """Load a file written by :func:`atomic_save` (``weights_only=True``).
+
+    ``mmap=True`` maps the tensors instead of reading them (cheap when only metadata is needed).
+    Raises FileNotFoundError naming ``path`` when it does not exist.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint: no file at {path!r}")
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """The state of every RNG the training step may draw from, in a weights_only-safe form.
+
+    Keys: ``torch`` (CPU generator, uint8 tensor), ``cuda`` (list of per-device states, present
+    only when CUDA is initialised), ``numpy`` and ``python``.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: Dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`. CUDA states are restored only when both sides have them."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
