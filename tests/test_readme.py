@@ -21,3 +21,9 @@ def test_readme_examples_run():
     assert namespace["out"].shape == (1, 3, 256, 256)
     assert torch.isfinite(namespace["raw"]).all()
     assert namespace["inpaint_fast"].get_backend() == "auto"
+    image, mask = namespace["image"], namespace["mask"]
+    assert namespace["samples"].shape == (2, 3, 3, 256, 256)
+    assert namespace["completion"].shape == (2, 3, 256, 256)
+    known = mask.expand_as(image) == 1
+    assert torch.equal(namespace["completion"][known], image[known])
+    assert torch.equal(namespace["samples"][:, 0][known], image[known])
