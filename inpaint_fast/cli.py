@@ -177,6 +177,16 @@ def run_bench(args) -> int:
     return 1 if wrong else 0
 
 
+def _or_user_error(fn: Callable, args):
+    """``fn(args)``, or None after printing ``error: ...`` for the errors a user's input causes
+    (missing file, bad size or option, wrong checkpoint): those get a message, not a traceback."""
+    try:
+        return fn(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 # ---------------------------------------------------------------------------------------------
 # train
 
@@ -240,10 +250,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
 def run_train(args) -> int:
     from inpaint_fast.training.run import fit, prepare
 
-    try:
-        prepared = prepare(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    prepared = _or_user_error(prepare, args)
+    if prepared is None:
         return 2
     trainer = fit(prepared)
     if prepared.info.is_main:
@@ -292,10 +300,8 @@ def add_inpaint_parser(sub) -> argparse.ArgumentParser:
 def run_inpaint(args) -> int:
     from inpaint_fast.inpaint import run_inpaint as inpaint
 
-    try:
-        written = inpaint(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    written = _or_user_error(inpaint, args)
+    if written is None:
         return 2
     for path in written:
         print(path)

@@ -34,6 +34,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    small models and tiny ops are quicker there, and immune to OpenMP threads waiting on each
+    other when the 2-core machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def skip_outside_envelope(op: str, backend: str, dtype: torch.dtype, positions: int = 0) -> None:
     """Skip a parity case the backend does not serve here (its stated envelope), never silently
     a case it claims to serve: that one must run and pass."""

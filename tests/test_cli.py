@@ -20,13 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--quick", "--sizes", "32", "--levels", "0", "--batch", "1", "--min-run-time", "0.005"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on one thread: quick, and immune to OpenMP threads waiting on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load_script(name):

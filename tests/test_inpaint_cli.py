@@ -11,12 +11,7 @@ from inpaint_fast import cli
 from inpaint_fast.training.checkpoint import CHECKPOINT_FORMAT, atomic_save
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ours(task, model, path, **args):
