@@ -9,6 +9,9 @@ installed CLI has them too); in short:
 
 * PIC's layer: C = Cp = 128, Cq = 32, with pre / mask / alpha; N = (S/8)² for an S×S image
   (N = 256, 1 024, 4 096, 16 384 at S = 128 … 1024); B·N constant (4 096 CPU, 16 384 CUDA).
+* General channel sweep (full runs, at S = 512, N = 4 096): (Cq, C, Cp) = (16, 64, 64),
+  (48, 192, 96), (64, 256, 256) and (32, 128, 0) — PIC's discriminator mode, no pre.
+  ``--channels 32:128:128 16:64:0`` runs given triples at every size instead.
 * FLOPs (matmuls only, kernels.md §3.1), reported as TFLOP/s:
       fwd      2·B·N²·(Cq + C + Cp)
       bwd      2·B·N²·(3·Cq + 2·(C + Cp))

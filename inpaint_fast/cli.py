@@ -58,6 +58,9 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
                    help="input image sides in pixels: attention runs at N = (S/8)^2 positions, the fusion "
                         "block on an S x S image (default: per device)")
     p.add_argument("--levels", nargs="+", metavar="K", help="fusion block: DFNet levels 0..5 (default: per device)")
+    p.add_argument("--channels", nargs="+", metavar="Cq:C:Cp",
+                   help="attention: channel triples, e.g. 32:128:128 16:64:0 (Cp = 0: no pre); every size runs "
+                        "each (default: PIC's 32:128:128, plus a general channel sweep at 512 in full runs)")
     p.add_argument("--batch", type=int,
                    help="batch size (default: attention keeps B*N constant; fusion block 1 on CPU, 6 on CUDA)")
     p.add_argument("--providers", nargs="+", metavar="NAME",
@@ -81,6 +84,17 @@ def _csv_path(args) -> Optional[str]:
     return DEFAULT_CSV if os.path.isdir("benchmarks") else None  # run from the repository root
 
 
+def _channel_triples(values: Sequence[str]) -> Tuple[Tuple[int, int, int], ...]:
+    """``["32:128:128", "16:64:0"]`` -> ((32, 128, 128), (16, 64, 0)); ValueError names a bad one."""
+    triples = []
+    for item in _split(values):
+        parts = item.split(":")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"--channels: expected Cq:C:Cp with non-negative integers, got {item!r}")
+        triples.append(tuple(int(p) for p in parts))
+    return tuple(triples)
+
+
 def plan_bench(args, device) -> List[Tuple[object, list, tuple, tuple]]:
     """(op bench, cases, modes, providers) for every selected op; raises ValueError on bad args."""
     from inpaint_fast.bench import OPS, get_op
@@ -100,6 +114,7 @@ def plan_bench(args, device) -> List[Tuple[object, list, tuple, tuple]]:
             sizes=tuple(int(s) for s in _split(args.sizes)) if args.sizes else None,
             dtypes=tuple(_split(args.dtype)) if args.dtype else None,
             levels=tuple(int(k) for k in _split(args.levels)) if args.levels else None,
+            channels=_channel_triples(args.channels) if args.channels else None,
             batch=args.batch,
         )
         modes = bench.resolve_modes(_split(args.mode) if args.mode else sweep.modes)

@@ -60,6 +60,23 @@ def test_modes_expand_per_op():
         fusion.resolve_modes(["sideways"])
 
 
+def test_attention_channel_sweep():
+    """Full runs add the general (Cq, C, Cp) sweep at 512²; --channels replaces it at every size."""
+    device = torch.device("cpu")
+    full = cli.plan_bench(cli.build_parser().parse_args(["bench", "--op", "attention", "--sizes", "256", "512"]),
+                          device)[0][1]
+    shapes = [c.shape for c in full]
+    assert "B4-C128-Cq32-Cp128-N1024" in shapes and "B1-C128-Cq32-Cp128-N4096" in shapes
+    assert {"B1-C64-Cq16-Cp64-N4096", "B1-C192-Cq48-Cp96-N4096", "B1-C128-Cq32-Cp0-N4096"} <= set(shapes)
+    assert not any(s.endswith("N1024") and "Cq32-Cp128" not in s for s in shapes)  # general set at 512² only
+    given = cli.plan_bench(cli.build_parser().parse_args(
+        ["bench", "--op", "attention", "--sizes", "128", "256", "--channels", "8:24:0", "4:12:6"]), device)[0][1]
+    assert [c.shape for c in given] == ["B16-C24-Cq8-Cp0-N256", "B16-C12-Cq4-Cp6-N256",
+                                        "B4-C24-Cq8-Cp0-N1024", "B4-C12-Cq4-Cp6-N1024"]
+    with pytest.raises(ValueError, match="--channels"):
+        cli.plan_bench(cli.build_parser().parse_args(["bench", "--op", "attention", "--channels", "32:128"]), device)
+
+
 def test_tiny_bench_prints_a_table(capsys):
     rc = cli.main(["bench", "--device", "cpu", "--op", "all", "--mode", "eval-fwd", "fwd+bwd",
                    "--providers", "reference", "--no-csv", *TINY])  # fmt: skip

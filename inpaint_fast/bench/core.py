@@ -66,13 +66,15 @@ class Unavailable(Exception):
 @dataclass(frozen=True)
 class Sweep:
     """What to run for one op. ``batch=None`` lets the op choose per size; ``levels`` are the
-    fusion block's DFNet levels."""
+    fusion block's DFNet levels; ``channels`` the attention's (Cq, C, Cp) triples (Cp = 0: no
+    ``pre``, PIC's discriminator mode)."""
 
     sizes: Tuple[int, ...]
     dtypes: Tuple[str, ...]
     modes: Tuple[str, ...]
     batch: Optional[int] = None
     levels: Tuple[int, ...] = ()
+    channels: Tuple[Tuple[int, int, int], ...] = ()  # attention: (Cq, C, Cp) triples; () = PIC's
 
 
 @dataclass(frozen=True)

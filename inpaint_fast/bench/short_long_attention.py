@@ -26,7 +26,7 @@ device (``cpu``, ``triton``, ``cuda``; ``auto`` on request), and, by default on 
 from __future__ import annotations
 
 import functools
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,11 @@ from .providers import compiled, our_backend
 __all__ = ["ShortLongAttentionBench", "attention_flops"]
 
 C_DEFAULT, CQ_DEFAULT, CP_DEFAULT = 128, 32, 128
+PIC_CHANNELS = ((CQ_DEFAULT, C_DEFAULT, CP_DEFAULT),)
+# The general sweep of the full runs, at one size (N = 4096): narrower and wider than PIC, a head
+# dim that is not a power of two, and PIC's discriminator mode (no pre). (Cq, C, Cp).
+GENERAL_CHANNELS = ((16, 64, 64), (48, 192, 96), (64, 256, 256), (32, 128, 0))
+GENERAL_SIZE = 512
 
 
 def attention_flops(B: int, N: int, Cq: int, C: int, Cp: int, pass_: str) -> float:
@@ -107,10 +112,11 @@ class ShortLongAttentionBench(OpBench):
     def default_sweep(self, device: torch.device, quick: bool) -> Sweep:
         if device.type == "cuda":
             if quick:
-                return Sweep(sizes=(256, 512, 1024), dtypes=("fp32", "bf16"), modes=("fwd", "fwd+bwd"))
+                return Sweep(sizes=(256, 512, 1024), dtypes=("fp32", "bf16"), modes=("fwd", "fwd+bwd"),
+                             channels=PIC_CHANNELS)
             return Sweep(sizes=(128, 256, 512, 1024), dtypes=("fp32", "bf16", "fp16"), modes=("fwd", "bwd", "fwd+bwd"))
         if quick:
-            return Sweep(sizes=(256, 512), dtypes=("fp32",), modes=("fwd", "fwd+bwd"), batch=1)
+            return Sweep(sizes=(256, 512), dtypes=("fp32",), modes=("fwd", "fwd+bwd"), batch=1, channels=PIC_CHANNELS)
         return Sweep(sizes=(128, 256, 512, 1024), dtypes=("fp32",), modes=("fwd", "bwd", "fwd+bwd"))
 
     def cases(self, sweep: Sweep, device: torch.device) -> List[Case]:
@@ -119,17 +125,29 @@ class ShortLongAttentionBench(OpBench):
         for dtype in sweep.dtypes:
             if dtype not in DTYPES:
                 raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-            for size in sweep.sizes:
+            for size, (Cq, C, Cp) in self._size_channels(sweep):
                 if size % 8:
                     raise ValueError(f"attention size {size} must be a multiple of 8 (attention runs at input/8)")
+                if min(Cq, C) < 1 or Cp < 0:
+                    raise ValueError(f"attention channels Cq={Cq}, C={C}, Cp={Cp}: need Cq, C >= 1 and Cp >= 0")
                 H = W = size // 8
                 N = H * W
                 B = sweep.batch or max(1, bn // N)
-                C, Cq, Cp = C_DEFAULT, CQ_DEFAULT, CP_DEFAULT
                 shape = f"B{B}-C{C}-Cq{Cq}-Cp{Cp}-N{N}"
                 out.append(Case(self.kernel, dtype, shape, (("B", B), ("C", C), ("Cq", Cq), ("Cp", Cp),
                                                             ("H", H), ("W", W))))
         return out
+
+    @staticmethod
+    def _size_channels(sweep: Sweep) -> List[Tuple[int, Tuple[int, int, int]]]:
+        """(size, (Cq, C, Cp)) pairs: every size × ``sweep.channels`` when given; otherwise (the
+        full default grid) every size at PIC's channels plus the general channel sweep at 512²."""
+        if sweep.channels:
+            return [(size, ch) for size in sweep.sizes for ch in sweep.channels]
+        pairs = [(size, ch) for size in sweep.sizes for ch in PIC_CHANNELS]
+        if GENERAL_SIZE in sweep.sizes:
+            pairs += [(GENERAL_SIZE, ch) for ch in GENERAL_CHANNELS]
+        return pairs
 
     def make_inputs(self, case: Case, device: torch.device, variant: str = "", seed: int = 0) -> Inputs:
         B, C, Cq, Cp, H, W = (case.param(k) for k in ("B", "C", "Cq", "Cp", "H", "W"))
