@@ -60,14 +60,19 @@ PIC_ROTATION_DEGREES = 3.0
 # --------------------------------------------------------------------------------------------
 
 
-def _non_negative_int(name: str, value) -> int:
+def _int_at_least(name: str, value, minimum: int) -> int:
+    """``value`` as an int (anything with ``__index__``), checked to be >= ``minimum``."""
     try:
         v = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if v < 0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
     return v
+
+
+def _non_negative_int(name: str, value) -> int:
+    return _int_at_least(name, value, 0)
 
 
 def sample_rng(seed: int, epoch: int, index: int, stream: int = STREAM_MASK) -> np.random.Generator:
@@ -116,15 +121,8 @@ def open_image(path: PathLike, *, caller: str = "open_image") -> Image.Image:
 
 
 def _check_size(size, name: str = "size") -> Optional[int]:
-    if size is None:
-        return None
-    try:
-        s = operator.index(size)
-    except TypeError:
-        raise TypeError(f"{name} must be a positive int or None, got {type(size).__name__}") from None
-    if s < 1:
-        raise ValueError(f"{name} must be a positive int, got {s}")
-    return s
+    """None, or a positive int side length."""
+    return None if size is None else _int_at_least(name, size, 1)
 
 
 def _resize(img: Image.Image, size: int) -> Image.Image:

@@ -220,17 +220,14 @@ class DFNet(nn.Module):
             feat = getattr(self, f"de_{k}")(feat, skips[k])
             if k in self.blend_layers:
                 # The fusion output leaves the network; the decoder continues from `feat` unchanged.
-                y, a, r = self._fuse(k, feat, image_with_holes)
+                # Under autocast the fused op runs in fp32 like BatchNorm (ops/_autocast.py): the
+                # bf16/fp16 decoder feature is cast up inside, and the outputs are fp32.
+                y, a, r = getattr(self, f"fuse_{k}")(feat, image_with_holes)
                 results.append(y)
                 alphas.append(a)
                 raws.append(r)
         # Built coarse to fine; return finest first.
         return results[::-1], alphas[::-1], raws[::-1]
-
-    def _fuse(self, k: int, feat: Tensor, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        # Under autocast the fused op runs in fp32 like BatchNorm (inpaint_fast/ops/_autocast.py):
-        # the bf16/fp16 decoder feature is cast up inside, and the outputs are fp32.
-        return getattr(self, f"fuse_{k}")(feat, image)
 
     @torch.no_grad()
     def inpaint(self, image: Tensor, mask: Tensor) -> Tensor:

@@ -80,6 +80,13 @@ def resblock_pic_aliases(has_norm: bool) -> Dict[str, str]:
     return {"model.1": "conv1", "model.3": "conv2", "shortcut.0": "bypass"}
 
 
+def _preact_main(block: nn.Module, x: Tensor) -> Tensor:
+    """The pre-activation main branch PIC's ResBlock and ResBlockDecoder share:
+    ``conv2(act([norm2](conv1(act([norm1](x))))))`` (the decoder's conv2 is transposed)."""
+    h = block.conv1(F.leaky_relu(_apply(block.norm1, x), block.slope))
+    return block.conv2(F.leaky_relu(_apply(block.norm2, h), block.slope))
+
+
 class ResBlock(PreActResBlock):
     """PIC's general ``ResBlock``: pre-activation, optional InstanceNorm, optional 2x down-sampling.
 
@@ -123,8 +130,7 @@ class ResBlock(PreActResBlock):
         return resblock_pic_aliases(self.norm1 is not None)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.leaky_relu(_apply(self.norm1, x), self.slope))
-        h = self.conv2(F.leaky_relu(_apply(self.norm2, h), self.slope))
+        h = _preact_main(self, x)
         s = self.bypass(x)
         if self.sample == "down":
             return F.avg_pool2d(h, 2) + F.avg_pool2d(s, 2)
@@ -189,9 +195,7 @@ class ResBlockDecoder(nn.Module):
         return resblock_pic_aliases(self.norm1 is not None)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.leaky_relu(_apply(self.norm1, x), self.slope))
-        h = self.conv2(F.leaky_relu(_apply(self.norm2, h), self.slope))
-        return h + self.bypass(x)
+        return _preact_main(self, x) + self.bypass(x)
 
 
 class Output(nn.Module):
