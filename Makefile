@@ -24,6 +24,8 @@ $(VENV)/.installed: $(SOURCES)
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 
+# Results go to ./bench-results/benchmarks.csv (git-ignored), never into the committed
+# benchmarks/results/benchmarks.csv: refreshing that is `inpaint-fast bench --save` or benchmarks/bench_*.py.
 bench: install
 	$(VENV)/bin/inpaint-fast bench --quick
 

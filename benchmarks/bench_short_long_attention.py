@@ -3,7 +3,9 @@
     python benchmarks/bench_short_long_attention.py                 # the device's full sweep
     python benchmarks/bench_short_long_attention.py --dtype bf16 --mode fwd --sizes 512 1024
 
-Takes every option of ``inpaint-fast bench`` and upserts into benchmarks/results/benchmarks.csv.
+Takes every option of ``inpaint-fast bench`` and upserts into the committed
+benchmarks/results/benchmarks.csv unless one of them chooses otherwise (--csv PATH, --no-csv);
+on a CPU that other processes keep busy that write is refused unless --force.
 Cases, inputs and providers live in ``inpaint_fast/bench/short_long_attention.py`` (so the
 installed CLI has them too); in short:
 
@@ -28,7 +30,15 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_CSV = os.path.join(HERE, "results", "benchmarks.csv")
 
+
+def bench_argv(argv):
+    """The ``inpaint-fast bench`` arguments of this sweep (see inpaint_fast.bench.destination.sweep_argv)."""
+    from inpaint_fast.bench.destination import sweep_argv
+
+    return sweep_argv("attention", argv, RESULTS_CSV)
+
+
 if __name__ == "__main__":
     from inpaint_fast.cli import main
 
-    sys.exit(main(["bench", "--op", "attention", "--csv", RESULTS_CSV, *sys.argv[1:]]))
+    sys.exit(main(bench_argv(sys.argv[1:])))

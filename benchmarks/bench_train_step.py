@@ -8,7 +8,8 @@ One step is exactly the step of ``inpaint-fast train`` (inpaint_fast/training/ta
 providers differ only in the backend of the fused ops. Every provider's first step is compared
 with the reference's (losses) before it is timed; see inpaint_fast/bench/train_step.py for the
 method. Default grid: on CUDA PIC (batch 8) and DFNet (batch 6) at 256², 512², 1024²; on CPU one
-small step of each. Rows are upserted into benchmarks/results/benchmarks.csv.
+small step of each. Rows are upserted into the committed benchmarks/results/benchmarks.csv (--csv
+PATH: elsewhere); on a CPU that other processes keep busy that write is refused unless --force.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller grid and shorter timings")
     p.add_argument("--csv", default=RESULTS_CSV, help="results CSV to upsert into")
     p.add_argument("--no-csv", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="write into the committed CSV even though other processes are running on the CPUs")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -46,7 +49,8 @@ def main(argv=None) -> int:
 
     import inpaint_fast
     from inpaint_fast.bench.core import results_to_rows
-    from inpaint_fast.bench.env import environment
+    from inpaint_fast.bench.destination import Destination, is_committed_csv, refuse_noisy_reference
+    from inpaint_fast.bench.env import busy_cpus, environment
     from inpaint_fast.bench.report import format_table
     from inpaint_fast.bench.results import upsert_rows
     from inpaint_fast.bench.train_step import QUICK_STEP_TIMING, STEP_TIMING, default_cases, run_train_bench
@@ -68,11 +72,24 @@ def main(argv=None) -> int:
 
     env = environment(device)
     print(f"device: {env['device_name']} | torch {env['torch_version']} | commit {env['commit']}", flush=True)
+    busy = busy_cpus() if device.type == "cpu" else 0
+    if busy:
+        print(f"warning: {busy} other process(es) are running on this machine's {os.cpu_count()} CPUs; "
+              "CPU timings will be slow and noisy", file=sys.stderr)
+    dest = None if args.no_csv else Destination(args.csv, "--csv", is_committed_csv(args.csv))
+    try:  # before the run: noisy timings must not replace the committed reference rows
+        refuse_noisy_reference(dest, busy, os.cpu_count(), args.force)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     with tqdm(total=len(cases) * len(providers), desc="train-step", unit="run", file=sys.stderr,
               leave=False, disable=None) as bar:
         results = run_train_bench(cases, providers, device, QUICK_STEP_TIMING if args.quick else STEP_TIMING,
                                   progress=bar, seed=args.seed)
+    if busy:  # keep the caveat with the numbers
+        for r in results:
+            r.note = "; ".join(filter(None, [r.note, f"{busy} other processes were running at the start"]))
     print(format_table(results))
     for r in results:
         if r.timing is not None:

@@ -26,6 +26,16 @@ DEFAULT_CSV = os.path.join(HERE, "results", "benchmarks.csv")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 UNITS = {"ms": "ms", "tflops": "TFLOP/s", "gbps": "GB/s", "peak_mb": "peak MiB", "speedup_vs_reference": "× reference"}
 OP_NAMES = {"short_long_attention": "attention", "fusion_block": "fusion block"}
+# What a cell that holds no number means (the CSV row's `note` says more for each case).
+STATUS_MEANING = {
+    "wrong": "failed the correctness gate (an output or gradient further from the fp64 oracle than the dtype's "
+             "tolerance, or than twice the reference's own error) and so was not timed",
+    "unsupported": "the provider cannot run this mode (e.g. FlexAttention has no CPU backward)",
+    "unavailable": "the provider cannot run here (not built, wrong device or dtype)",
+    "oom": "out of memory",
+    "error": "the provider raised an error",
+    "†": "timed without a correctness check (the reference could not run to make the fp64 oracle, e.g. out of memory)",
+}
 
 
 def _fmt(value: str) -> str:
@@ -64,7 +74,16 @@ def render(rows: Sequence[dict], metrics: Sequence[str] = ("ms", "peak_mb")) -> 
             table = _table(drows, metric)
             if table:
                 out += table + [""]
+        out += _legend(drows)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _legend(rows: Sequence[dict]) -> List[str]:
+    """One line per kind of non-numeric cell that occurs in ``rows``."""
+    statuses = {r["status"] for r in rows if r["metric"] == "ms"}
+    present = [s for s in STATUS_MEANING if s in statuses or (s == "†" and "unverified" in statuses)]
+    return [f"`{s}`: {STATUS_MEANING[s]}." if s != "†" else f"{s}: {STATUS_MEANING[s]}." for s in present] + (
+        [""] if present else [])
 
 
 def _table(rows: Sequence[dict], metric: str) -> List[str]:

@@ -14,6 +14,10 @@ from .backends import BACKENDS, BackendError, available_backends, get_backend, s
 from .ops import fusion_block, short_long_attention
 from .reference import attention_map
 
+# The drop-in modules and the reference are part of the namespace, as torch.nn is of torch's
+# (imported after the ops they call).
+from . import nn, reference  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -23,6 +27,8 @@ __all__ = [
     "available_backends",
     "fusion_block",
     "get_backend",
+    "nn",
+    "reference",
     "set_backend",
     "short_long_attention",
     "use_backend",

@@ -116,14 +116,19 @@ class OpRegistry:
         impl = self._impls.get(backend)
         if impl is None:
             return f"backend {backend!r} has no implementation of {self.op_name} in this version"
-        reason = impl.unavailable
-        if reason:
-            return f"backend {backend!r} is unavailable: {reason}"
+        # The inputs' device comes first: it is what the caller can change at once, and a backend
+        # that is both on the wrong device and not built must not hide the former.
         if device.type not in impl.devices:
-            return (
-                f"backend {backend!r} runs on {'/'.join(impl.devices)} tensors, "
-                f"but the inputs are on {device.type}"
+            here = [b for b in self._impls if device.type in self._impls[b].devices and not self._impls[b].unavailable]
+            reason = (
+                f"backend {backend!r} runs on {'/'.join(impl.devices)} tensors, but the inputs are on "
+                f"{device.type} (backends for {device.type} inputs here: {', '.join(here) or 'none'})"
             )
+            if impl.unavailable:
+                reason += f"; it is also unavailable in this process: {impl.unavailable}"
+            return reason
+        if impl.unavailable:
+            return f"backend {backend!r} is unavailable: {impl.unavailable}"
         if dtype not in impl.dtypes:
             names = ", ".join(str(d).replace("torch.", "") for d in impl.dtypes)
             return f"backend {backend!r} supports dtypes {names}, but the inputs are {str(dtype).replace('torch.', '')}"

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-DEFAULT_CSV = os.path.join("benchmarks", "results", "benchmarks.csv")
+from inpaint_fast.bench.destination import COMMITTED_CSV, DEFAULT_CSV  # where ``bench`` writes results
 
 
 def _split(values: Optional[Sequence[str]]) -> Optional[List[str]]:
@@ -44,11 +44,14 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
         description=(
             "Benchmark inpaint_fast's ops against the eager reference and the PyTorch baselines. "
             "Every provider is first checked against the reference on the same inputs; a wrong one "
-            "is reported and not timed. Results are printed as a table and upserted into a CSV "
-            f"(default {DEFAULT_CSV} when run from the repository root). Exit status 1 if a provider "
-            "failed the correctness gate."
+            "is reported and not timed. Results are printed as a table and upserted into a CSV: by "
+            f"default {DEFAULT_CSV} under the current directory (git-ignored in the repository), with "
+            f"--save the repository's committed {COMMITTED_CSV} (the reference results), with --csv PATH "
+            "any file. Progress is a bar on a terminal and one line per case otherwise. Exit status 1 if a "
+            "provider failed the correctness gate, 2 for a bad argument."
         ),
     )
+    _one_line_errors(p)
     p.add_argument("--op", default="all", help="attention | fusion_block | all (default: all)")
     p.add_argument("--mode", nargs="+", metavar="MODE",
                    help="fwd, bwd, fwd+bwd; the fusion block also takes eval-/train- prefixes "
@@ -69,19 +72,38 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small sweep with short timings (the README's first run)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
     p.add_argument("--csv", metavar="PATH",
-                   help=f"results CSV to upsert into (default: {DEFAULT_CSV} when ./benchmarks exists)")
+                   help=f"results CSV to upsert into (default: {DEFAULT_CSV} under the current directory)")
+    p.add_argument("--save", action="store_true",
+                   help=f"upsert into the repository's committed {COMMITTED_CSV}, replacing its rows of this "
+                        "device; only from the repository root, and refused while other processes load the "
+                        "CPUs (see --force)")
     p.add_argument("--no-csv", action="store_true", help="do not write results")
+    p.add_argument("--force", action="store_true",
+                   help="write into the committed CSV even though other processes are running on the CPUs "
+                        "(each row's note says so)")
     p.add_argument("--min-run-time", type=float, metavar="SEC", help="CPU: seconds of measurement per result")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     return p
 
 
-def _csv_path(args) -> Optional[str]:
-    if args.no_csv:
+def _destination(args):
+    """The :class:`inpaint_fast.bench.destination.Destination` that --save / --csv / --no-csv choose
+    (None: write nothing); ValueError names the flag."""
+    from inpaint_fast.bench.destination import choose_destination
+
+    return choose_destination(args.save, args.csv, args.no_csv)
+
+
+def _ints(option: str, values: Optional[Sequence[str]], minimum: int) -> Optional[Tuple[int, ...]]:
+    """``["256", "512,1024"]`` -> (256, 512, 1024); None stays None; ValueError names ``option``."""
+    if not values:
         return None
-    if args.csv:
-        return args.csv
-    return DEFAULT_CSV if os.path.isdir("benchmarks") else None  # run from the repository root
+    out = []
+    for item in _split(values):
+        if not item.isdigit() or int(item) < minimum:
+            raise ValueError(f"{option}: expected integers >= {minimum}, got {item!r}")
+        out.append(int(item))
+    return tuple(out)
 
 
 def _channel_triples(values: Sequence[str]) -> Tuple[Tuple[int, int, int], ...]:
@@ -95,29 +117,59 @@ def _channel_triples(values: Sequence[str]) -> Tuple[Tuple[int, int, int], ...]:
     return tuple(triples)
 
 
-def plan_bench(args, device) -> List[Tuple[object, list, tuple, tuple]]:
-    """(op bench, cases, modes, providers) for every selected op; raises ValueError on bad args."""
+def _select_ops(name: str) -> list:
+    """The op benchmarks ``--op`` names (``all``: every op)."""
     from inpaint_fast.bench import OPS, get_op
+    from inpaint_fast.bench.core import one_of
+
+    if name == "all":
+        return list(OPS.values())
+    try:
+        return [get_op(name)]
+    except KeyError:
+        expected = one_of([b.aliases[0] for b in OPS.values()] + ["all"])
+        raise ValueError(f"--op: unknown op {name!r}; expected {expected}") from None
+
+
+def _requested_providers(values: Optional[Sequence[str]], benches: list) -> Optional[List[str]]:
+    """``--providers``, checked against the selected ops' providers (None: the defaults)."""
+    from inpaint_fast.bench.core import one_of
+    from inpaint_fast.bench.results import provider_key
+
+    requested = _split(values)
+    if not requested:
+        return None
+    known = sorted({n for b in benches for n in b.providers()}, key=provider_key)
+    unknown = [n for n in requested if n not in known]
+    if unknown:
+        of = f" of {benches[0].kernel}" if len(benches) == 1 else ""
+        names = ", ".join(map(repr, unknown))
+        raise ValueError(f"--providers: {names}: unknown provider{of}; expected {one_of(known)}")
+    return requested
+
+
+def plan_bench(args, device) -> List[Tuple[object, list, tuple, tuple]]:
+    """(op bench, cases, modes, providers) for every selected op; ValueError names a bad option."""
     from inpaint_fast.bench.core import with_sweep_overrides
 
-    benches = list(OPS.values()) if args.op == "all" else [get_op(args.op)]
-    requested_providers = _split(args.providers)
-    if requested_providers:
-        known = {n for b in benches for n in b.providers()}
-        unknown = [n for n in requested_providers if n not in known]
-        if unknown:
-            raise ValueError(f"unknown provider(s) {unknown}; known: {sorted(known)}")
+    benches = _select_ops(args.op)
+    requested_providers = _requested_providers(args.providers, benches)
+    if args.batch is not None and args.batch < 1:
+        raise ValueError(f"--batch: expected an integer >= 1, got {args.batch}")
     plan = []
     for bench in benches:
         sweep = with_sweep_overrides(
             bench.default_sweep(device, args.quick),
-            sizes=tuple(int(s) for s in _split(args.sizes)) if args.sizes else None,
+            sizes=_ints("--sizes", args.sizes, 1),
             dtypes=tuple(_split(args.dtype)) if args.dtype else None,
-            levels=tuple(int(k) for k in _split(args.levels)) if args.levels else None,
+            levels=_ints("--levels", args.levels, 0),
             channels=_channel_triples(args.channels) if args.channels else None,
             batch=args.batch,
         )
-        modes = bench.resolve_modes(_split(args.mode) if args.mode else sweep.modes)
+        try:
+            modes = bench.resolve_modes(_split(args.mode) if args.mode else sweep.modes)
+        except ValueError as exc:
+            raise ValueError(f"--mode: {exc}") from None
         if requested_providers:
             providers = tuple(n for n in requested_providers if n in bench.providers())
         else:
@@ -127,79 +179,128 @@ def plan_bench(args, device) -> List[Tuple[object, list, tuple, tuple]]:
     return plan
 
 
+def _bench_device(args):
+    """The torch device ``--device`` names (default: cuda when available); ValueError when it cannot run."""
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: cuda is not available here (torch.cuda.is_available() is False: no GPU, or a "
+                         "CPU-only build of torch); expected cpu")
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _timing_config(args):
+    from inpaint_fast.bench import TimingConfig
+
+    config = TimingConfig.quick() if args.quick else TimingConfig()
+    if args.min_run_time is None:
+        return config
+    if not args.min_run_time > 0:
+        raise ValueError(f"--min-run-time: expected a positive number of seconds, got {args.min_run_time}")
+    return dataclasses.replace(config, min_run_time=args.min_run_time)
+
+
 def _busy_cpus() -> int:
-    """How many other runnable tasks share the CPUs right now (min of a few /proc/loadavg samples)."""
-    counts = []
-    for _ in range(5):
-        try:
-            with open("/proc/loadavg") as f:
-                counts.append(int(f.read().split()[3].split("/")[0]) - 1)  # minus this process
-        except (OSError, IndexError, ValueError):
-            return 0
-        time.sleep(0.05)
-    return max(min(counts), 0)
+    """How many other runnable tasks share the CPUs right now (:func:`inpaint_fast.bench.env.busy_cpus`)."""
+    from inpaint_fast.bench.env import busy_cpus
+
+    return busy_cpus()
+
+
+def _run_plan(plan, device, config, seed: int) -> list:
+    """Every result of ``plan``, with progress on the terminal or as lines (inpaint_fast.bench.progress)."""
+    from inpaint_fast.bench import run
+    from inpaint_fast.bench.progress import progress
+
+    runs = sum(len(cases) * len(modes) * len(provs) for _, cases, modes, provs in plan)
+    case_modes = sum(len(cases) * len(modes) for _, cases, modes, _ in plan)
+    results = []
+    with progress(runs, case_modes) as (bar, on_case):
+        for bench, cases, modes, providers in plan:
+            results += run(bench, cases, modes, providers, device, config, progress=bar, on_case=on_case, seed=seed)
+    return results
+
+
+def _save(dest, results, env) -> None:
+    from inpaint_fast.bench import results_to_rows
+    from inpaint_fast.bench.results import upsert_rows
+
+    n = upsert_rows(dest.path, results_to_rows(results, env))
+    where = f"results upserted into {dest.path} ({n} rows)"
+    if dest.option == "default":
+        where += f"; --save writes the committed {COMMITTED_CSV} instead"
+    print(where)
 
 
 def run_bench(args) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from inpaint_fast.bench import TimingConfig, results_to_rows, run
+    from inpaint_fast.bench.destination import refuse_noisy_reference
     from inpaint_fast.bench.env import environment
     from inpaint_fast.bench.report import format_table
-    from inpaint_fast.bench.results import upsert_rows
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda, but torch.cuda.is_available() is False", file=sys.stderr)
-        return 2
     try:
+        device = _bench_device(args)
         plan = plan_bench(args, device)
-    except (ValueError, KeyError) as exc:
+        config = _timing_config(args)
+        dest = _destination(args)
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    config = TimingConfig.quick() if args.quick else TimingConfig()
-    if args.min_run_time is not None:
-        config = dataclasses.replace(config, min_run_time=args.min_run_time)
     env = environment(device)
     print(f"device: {env['device_name']} | torch {env['torch_version']} | commit {env['commit']}", flush=True)
     busy = _busy_cpus() if device.type == "cpu" else 0
     if busy:
         print(f"warning: {busy} other process(es) are running on this machine's {os.cpu_count()} CPUs; "
               "CPU timings will be slow and noisy (torch's threads wait on each other)", file=sys.stderr)
+    try:  # before the run: minutes of noisy timings would be thrown away anyway
+        refuse_noisy_reference(dest, busy, os.cpu_count(), args.force)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
-    total = sum(len(cases) * len(modes) * len(provs) for _, cases, modes, provs in plan)
     start = time.perf_counter()
-    results = []
-    with tqdm(total=total, desc="bench", unit="run", file=sys.stderr, leave=False, disable=None) as bar:
-        for bench, cases, modes, providers in plan:
-            results += run(bench, cases, modes, providers, device, config, progress=bar, seed=args.seed)
+    results = _run_plan(plan, device, config, args.seed)
     if busy:  # keep the caveat with the numbers
         for r in results:
             r.note = "; ".join(filter(None, [r.note, f"{busy} other processes were running at the start"]))
     print(format_table(results))
     print(f"{len(results)} results in {time.perf_counter() - start:.1f} s")
-
-    path = _csv_path(args)
-    if path:
-        n = upsert_rows(path, results_to_rows(results, env))
-        print(f"results upserted into {path} ({n} rows)")
-    elif not args.no_csv:
-        print("results not saved (no benchmarks/ folder here, i.e. not the repository root): pass --csv PATH")
+    if dest is not None:
+        _save(dest, results, env)
     wrong = [r for r in results if r.status == "wrong"]
     if wrong:
         print(f"{len(wrong)} result(s) failed the correctness gate", file=sys.stderr)
     return 1 if wrong else 0
 
 
-def _or_user_error(fn: Callable, args):
-    """``fn(args)``, or None after printing ``error: ...`` for the errors a user's input causes
-    (missing file, bad size or option, wrong checkpoint): those get a message, not a traceback."""
+def _or_user_error(fn: Callable, arg):
+    """``fn(arg)``, or None after printing ``error: ...`` as one line for a UsageError, the type
+    ``train`` and ``inpaint`` raise for bad arguments and unusable files. Any other exception is a
+    bug and keeps its traceback."""
+    from inpaint_fast.training.errors import UsageError
+
     try:
-        return fn(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        return fn(arg)
+    except UsageError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return None
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` report a malformed command line as one ``error: ...`` line and exit 2, like
+    every other user error of the command (argparse's default also prints the usage block)."""
+
+    def error(message: str):
+        parser.exit(2, f"error: {message}; see {parser.prog} --help\n")
+
+    parser.error = error
+    return parser
+
+
+MASK_FILES_HELP = (
+    "white (255) = hole, black (0) = known, grey = partly known (pic: any pixel touched by a hole is a hole; "
+    "dfnet keeps grey as a soft value); --invert-mask reads files that mark the known pixels white instead "
+    "(DFNet's released masks)"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,12 +322,18 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
             "         loss: multi-scale L1 + VGG16 perceptual/style (+ TV), needs --vgg-weights.\n\n"
             "Multi-GPU / multi-node: launch with torchrun (e.g. torchrun --nproc_per_node 8 -m inpaint_fast.cli\n"
             "train ...); --batch is per process. Output: OUT/metrics.jsonl, OUT/samples/step_*.png,\n"
-            "OUT/checkpoints/step_*.pt (atomic; --resume auto continues bit-identically on CPU)."
+            "OUT/checkpoints/step_*.pt (atomic; --resume auto continues bit-identically on CPU). An existing\n"
+            "--out must be empty unless --resume continues the run in it or --overwrite replaces it.\n\n"
+            "Mask files (--masks DIR): white (255) = hole, black (0) = known, grey = partly known; pic\n"
+            "binarises them (any pixel touched by a hole is a hole) and flips/rotates/crops them as PIC does,\n"
+            "dfnet keeps grey as soft values. --invert-mask: files that mark the known pixels white."
         ),
     )
+    _one_line_errors(p)
     p.add_argument("--model", required=True, choices=("pic", "dfnet"))
     p.add_argument("--data", required=True, metavar="DIR", help="folder of training images (searched recursively)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (metrics, samples, checkpoints)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (metrics, samples, checkpoints); new or empty, unless --resume or --overwrite")
     p.add_argument("--size", type=int, metavar="S",
                    help="training crop side (pic: multiple of 32, >= 96, default 256; "
                         "dfnet: multiple of 256, default 512)")
@@ -238,16 +345,23 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=("adam", "adamw"), default="adam",
                    help="dfnet: adam (original recipe) or adamw (the authors' later recipe, with --lr 2e-3)")
     p.add_argument("--masks", metavar="SPEC",
-                   help="center | regular | irregular | pic | free_form | a folder of mask files [:pic|:dfnet] "
-                        "(default: pic 'pic', dfnet 'free_form')")
+                   help="center | regular | irregular | pic | free_form | a folder of mask files: "
+                        f"{MASK_FILES_HELP} (default: pic 'pic', dfnet 'free_form')")
+    p.add_argument("--invert-mask", action="store_true",
+                   help="the --masks files mark the KNOWN pixels white and the holes black")
     p.add_argument("--tv", choices=("released", "intended"), default="released",
                    help="dfnet: TV term on the targets as released (a constant: no TV) or on the results")
     p.add_argument("--vgg-weights", metavar="PATH",
                    help="dfnet (required): torchvision VGG16 ImageNet state dict saved with torch.save")
-    p.add_argument("--amp", choices=("off", "fp16", "bf16"), default="off", help="mixed precision (default off)")
+    p.add_argument("--amp", choices=("off", "fp16", "bf16"), default="off",
+                   help="mixed precision (default off); bf16 on a CPU without AVX512-BF16/AMX is emulated and "
+                        "slower than fp32 (a warning says so)")
     p.add_argument("--backend", metavar="NAME", help="inpaint_fast backend: auto reference cpu triton cuda")
     p.add_argument("--compile", action="store_true", help="wrap the networks in torch.compile")
-    p.add_argument("--workers", type=int, default=4, metavar="W", help="data-loading processes per GPU (default 4)")
+    workers = default_workers()
+    p.add_argument("--workers", type=int, default=workers, metavar="W",
+                   help=f"data-loading processes per training process (default: min(4, CPUs per process - 1), "
+                        f"at least 0: {workers} here)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, augmentation and masks")
     p.add_argument("--log-every", type=int, default=10, metavar="K",
                    help="metrics.jsonl row every K steps (default 10)")
@@ -257,9 +371,30 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--keep-ckpts", type=int, default=3, metavar="N", help="keep the N newest checkpoints (0: all)")
     p.add_argument("--resume", metavar="PATH|auto",
                    help="continue from a checkpoint; 'auto' = the latest under --out (a fresh start if none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in a used --out: first delete its checkpoints/, samples/ and metrics.jsonl "
+                        "(other files stay; under torchrun rank 0 deletes, the others wait)")
     p.add_argument("--device", help="cpu | cuda | cuda:K (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """DataLoader workers per training process: min(4, CPUs per process - 1), at least 0.
+
+    The training process needs a core of its own, and more workers than cores only contend (and
+    make PyTorch's DataLoader warn). Under torchrun, LOCAL_WORLD_SIZE processes share the node.
+    """
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    processes = int(local) if local.isdigit() and int(local) > 0 else 1
+    return max(0, min(4, _usable_cpus() // processes - 1))
 
 
 def run_train(args) -> int:
@@ -268,7 +403,9 @@ def run_train(args) -> int:
     prepared = _or_user_error(prepare, args)
     if prepared is None:
         return 2
-    trainer = fit(prepared)
+    trainer = _or_user_error(fit, prepared)
+    if trainer is None:
+        return 2
     if prepared.info.is_main:
         print(f"done: step {trainer.step}, checkpoints in {os.path.join(args.out, 'checkpoints')}")
     return 0
@@ -283,27 +420,34 @@ def add_inpaint_parser(sub) -> argparse.ArgumentParser:
         "inpaint",
         help="complete an image with PIC or DFNet",
         description=(
-            "Complete IMAGE where MASK marks holes; outputs are composited with the known pixels at the "
+            f"Complete IMAGE where MASK marks holes. Mask files: {MASK_FILES_HELP}. The mask must have the "
+            "image's size (--resize-mask stretches it). Outputs are composited with the known pixels at the "
             "image's own size. PIC writes <stem>_out_<i>.png (i < --samples); DFNet writes <stem>_result.png "
             "(+ _raw, _alpha with --save-raw). The image is resized to the model's size (PIC: multiple of 32, "
             "default 256; DFNet: multiple of 256, default 512; our checkpoints supply their training size) and "
             "the completion back. DFNet's official checkpoints expect BGR input: pass --bgr with them."
         ),
     )
+    _one_line_errors(p)
     p.add_argument("--model", required=True, choices=("pic", "dfnet"))
     p.add_argument("--checkpoint", metavar="PATH",
                    help="a checkpoint from inpaint-fast train, or for dfnet an official state dict")
     p.add_argument("--pic-E", metavar="PATH", help="pic: PIC's official <iter>_net_E.pth (with --pic-G)")
     p.add_argument("--pic-G", metavar="PATH", help="pic: PIC's official <iter>_net_G.pth (with --pic-E)")
     p.add_argument("--image", required=True, metavar="IMG")
-    p.add_argument("--mask", required=True, metavar="MASK")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--mask", required=True, metavar="MASK",
+                   help="the holes, same size as IMG: white = hole, black = known (see --invert-mask)")
+    p.add_argument("--invert-mask", action="store_true",
+                   help="the --mask file marks the KNOWN pixels white and the holes black (DFNet's released masks)")
+    p.add_argument("--resize-mask", action="store_true",
+                   help="stretch a mask of another size to IMG's size (bilinear; pic then re-binarises); without "
+                        "it a size mismatch is an error")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    # Accepted only to say what replaced it: scripts that pass it must not run with flipped holes.
+    p.add_argument("--mask-convention", help=argparse.SUPPRESS)
     p.add_argument("--samples", type=int, default=1, metavar="K", help="pic: number of completions (default 1)")
     p.add_argument("--deterministic", action="store_true", help="pic: z = mean of the conditional prior")
     p.add_argument("--size", type=int, metavar="S", help="working size of the model")
-    p.add_argument("--mask-convention", choices=("dfnet", "pic"),
-                   help="dfnet: white = known (soft); pic: exactly black = known, anything else a hole "
-                        "(default: the model's own)")
     p.add_argument("--bgr", action="store_true", help="dfnet: feed BGR (the official checkpoints were run on BGR)")
     p.add_argument("--save-raw", action="store_true", help="dfnet: also write the raw completion and the alpha")
     p.add_argument("--seed", type=int, default=0, help="pic: seed of the latent samples")
@@ -343,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    parser = _one_line_errors(build_parser())
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -14,30 +14,41 @@ Checkpoints accepted:
   (``model_places2.pth``, ``model_celeba.pth``). The official checkpoints were trained and run on
   **BGR** images (dfnet.md §0): pass ``--bgr`` with them. The CelebA one works at 256 (``--size 256``).
 
-Mask files: ``--mask-convention dfnet`` = white (255) known, black hole, soft values kept;
-``pic`` = exactly black known, anything else hole (PIC's files: white holes on black).
+Mask files: white (255) = hole, black (0) = known, grey = partly known, for both models; PIC
+treats any pixel touched by a hole as a hole, DFNet blends grey as a soft value. ``--invert-mask``
+reads files that mark the known pixels white (DFNet's released masks). A mask must have the
+image's size; ``--resize-mask`` stretches one that has not. A mask that is mostly hole gets a
+warning: it is more often an inverted file than a real request.
+
+Every error a user's arguments or files cause is a
+:class:`~inpaint_fast.training.errors.UsageError` naming the option.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Tuple
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from inpaint_fast.training.errors import MissingFileError, UsageError
+
 __all__ = ["DEFAULT_SIZES", "inpaint_dfnet", "inpaint_pic", "load_model", "run_inpaint"]
 
 DEFAULT_SIZES = {"pic": 256, "dfnet": 512}
+CHECKPOINT_EXPECTED = {
+    "pic": "pass a checkpoint written by inpaint-fast train --model pic, or PIC's official files with --pic-E/--pic-G",
+    "dfnet": "pass a checkpoint written by inpaint-fast train --model dfnet, or DFNet's official state dict "
+             "(model_places2.pth, model_celeba.pth)",
+}
 
 
-def _load_file(path: str, what: str) -> Any:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what}: no file at {path!r}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"{what}: could not read {path!r} as a PyTorch checkpoint ({exc})") from exc
+def _load_file(path: str, option: str, model: str) -> Any:
+    from inpaint_fast.training.checkpoint import read_torch_file
+
+    return read_torch_file(path, option, expected=CHECKPOINT_EXPECTED[model])
 
 
 def _our_checkpoint(obj: Any) -> bool:
@@ -46,52 +57,93 @@ def _our_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
 
 
+def _mismatch(own: Mapping[str, torch.Tensor], given: Mapping[str, Any], unexpected: List[str]) -> str:
+    """'' when ``given`` has every key of ``own`` with its shape and ``unexpected`` is empty, else a
+    short account of what differs (counts and one example each)."""
+    missing = [k for k in own if k not in given]
+    wrong = [k for k in own if k in given and (not torch.is_tensor(given[k]) or given[k].shape != own[k].shape)]
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]!r})" for keys, what in
+             ((missing, "missing key(s)"), (unexpected, "unexpected key(s)"), (wrong, "tensor(s) of another shape"))
+             if keys]
+    return ", ".join(parts)
+
+
+def _load_weights(net: torch.nn.Module, state: Any, option: str, path: str, what: str) -> None:
+    """``net.load_state_dict(state)``, or UsageError naming ``option`` when the file does not fit."""
+    if not isinstance(state, Mapping):
+        raise UsageError(f"{option}: {path} holds a {type(state).__name__}, not a {what} state dict")
+    own = net.state_dict()
+    problem = _mismatch(own, state, [k for k in state if k not in own])
+    if problem:
+        raise UsageError(f"{option}: {path} does not fit {what}: {problem}; is it a checkpoint of another model "
+                         "or version?")
+    net.load_state_dict(state)
+
+
+def _load_pic_official(net: torch.nn.Module, E: str, G: str) -> None:
+    """PIC's official ``<iter>_net_E.pth`` / ``<iter>_net_G.pth`` into ``net``, each checked first."""
+    from inpaint_fast.models.pic_checkpoint import convert_pic_state_dict, load_pic_checkpoints
+
+    for option, path, attr in (("--pic-E", E, "net_E"), ("--pic-G", G, "net_G")):
+        state = _load_file(path, option, "pic")
+        if not isinstance(state, Mapping):
+            raise UsageError(f"{option}: {path} holds a {type(state).__name__}, not PIC's {attr} state dict")
+        sub = getattr(net, attr)
+        try:
+            converted, _, unexpected = convert_pic_state_dict(sub, state, where=option)
+        except ValueError as exc:  # two PIC names of one conv hold different tensors
+            raise UsageError(f"{exc}; the file is damaged or not PIC's") from exc
+        problem = _mismatch(sub.state_dict(), converted, unexpected)
+        if problem:
+            raise UsageError(f"{option}: {path} does not fit PIC's {attr}: {problem}; pass PIC's "
+                             f"<iter>_{attr}.pth")
+        load_pic_checkpoints(net, **{attr[len("net_"):]: state})
+
+
 def load_model(model: str, *, checkpoint: Optional[str] = None, pic_E: Optional[str] = None,
                pic_G: Optional[str] = None, device: Any = "cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """Build PIC or DFNet, load its weights, move to ``device``, set eval mode.
 
     Returns ``(network, training_args)``; ``training_args`` is the ``args`` dict recorded in one
-    of our checkpoints ({} for official files). Raises FileNotFoundError / ValueError naming the
-    option at fault: no checkpoint given, a checkpoint of the other model, an unreadable file.
+    of our checkpoints ({} for official files). Raises UsageError (MissingFileError for a missing
+    file) naming the option at fault: no checkpoint given, a checkpoint of the other model, an
+    unreadable file, weights that do not fit.
     """
     args: Dict[str, Any] = {}
     if model == "pic":
-        from inpaint_fast.models.pic import PIC, load_pic_checkpoints
+        from inpaint_fast.models.pic import PIC
 
         net = PIC()
         if checkpoint:
             if pic_E or pic_G:
-                raise ValueError("give either --checkpoint or --pic-E/--pic-G, not both")
-            ckpt = _load_file(checkpoint, "--checkpoint")
+                raise UsageError("--checkpoint: give either --checkpoint or --pic-E/--pic-G, not both")
+            ckpt = _load_file(checkpoint, "--checkpoint", "pic")
             if not _our_checkpoint(ckpt):
-                raise ValueError(f"--checkpoint: {checkpoint} is not an inpaint-fast training checkpoint; for PIC's "
+                raise UsageError(f"--checkpoint: {checkpoint} is not an inpaint-fast training checkpoint; for PIC's "
                                  "official files use --pic-E <iter>_net_E.pth --pic-G <iter>_net_G.pth")
             if ckpt.get("task") != "pic":
-                raise ValueError(f"--checkpoint: {checkpoint} is a {ckpt.get('task')!r} checkpoint, "
+                raise UsageError(f"--checkpoint: {checkpoint} is a {ckpt.get('task')!r} checkpoint, "
                                  "but --model is 'pic'")
-            net.load_state_dict(ckpt["modules"]["model"])
+            _load_weights(net, ckpt["modules"]["model"], "--checkpoint", checkpoint, "PIC")
             args = dict(ckpt.get("args", {}))
         elif pic_E and pic_G:
-            for option, path in (("--pic-E", pic_E), ("--pic-G", pic_G)):
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(f"{option}: no file at {path!r}")
-            load_pic_checkpoints(net, E=pic_E, G=pic_G)
+            _load_pic_official(net, pic_E, pic_G)
         else:
-            raise ValueError("--model pic needs --checkpoint PATH (from inpaint-fast train) or both --pic-E and "
-                             "--pic-G (PIC's official <iter>_net_E.pth and <iter>_net_G.pth)")
+            raise UsageError("--checkpoint: --model pic needs --checkpoint PATH (from inpaint-fast train) or both "
+                             "--pic-E and --pic-G (PIC's official <iter>_net_E.pth and <iter>_net_G.pth)")
     elif model == "dfnet":
         from inpaint_fast.models.dfnet import DFNet
 
         if pic_E or pic_G:
-            raise ValueError("--pic-E/--pic-G apply to --model pic only")
+            raise UsageError("--pic-E/--pic-G: they apply to --model pic only")
         if not checkpoint:
-            raise ValueError("--model dfnet needs --checkpoint PATH (from inpaint-fast train, or an official "
-                             "DFNet state dict such as model_places2.pth)")
+            raise UsageError("--checkpoint: --model dfnet needs --checkpoint PATH (from inpaint-fast train, or an "
+                             "official DFNet state dict such as model_places2.pth)")
         net = DFNet()
-        ckpt = _load_file(checkpoint, "--checkpoint")
+        ckpt = _load_file(checkpoint, "--checkpoint", "dfnet")
         if _our_checkpoint(ckpt):
             if ckpt.get("task") != "dfnet":
-                raise ValueError(f"--checkpoint: {checkpoint} is a {ckpt.get('task')!r} checkpoint, "
+                raise UsageError(f"--checkpoint: {checkpoint} is a {ckpt.get('task')!r} checkpoint, "
                                  "but --model is 'dfnet'")
             state = ckpt["modules"]["model"]
             args = dict(ckpt.get("args", {}))
@@ -100,11 +152,11 @@ def load_model(model: str, *, checkpoint: Optional[str] = None, pic_E: Optional[
             if not isinstance(state, dict) or not any(str(k).startswith("en_0.") for k in state):
                 hint = " (it looks like a PIC file)" if isinstance(state, dict) and any(
                     str(k).startswith(("encoder", "generator", "net_")) or ".attn" in str(k) for k in state) else ""
-                raise ValueError(f"--checkpoint: {checkpoint} is neither an inpaint-fast checkpoint nor a DFNet "
+                raise UsageError(f"--checkpoint: {checkpoint} is neither an inpaint-fast checkpoint nor a DFNet "
                                  f"state dict (no 'en_0.*' keys){hint}")
-        net.load_state_dict(state)
+        _load_weights(net, state, "--checkpoint", checkpoint, "DFNet")
     else:
-        raise ValueError(f"--model: expected 'pic' or 'dfnet', got {model!r}")
+        raise UsageError(f"--model: expected 'pic' or 'dfnet', got {model!r}")
     return net.to(device).eval(), args
 
 
@@ -165,59 +217,133 @@ def inpaint_dfnet(net, image: torch.Tensor, mask: torch.Tensor, *, size: int = 5
             "alpha": _resize(alphas[0], hw).clamp(0, 1)}
 
 
-def _load_inputs(image_path: str, mask_path: str, convention: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    from inpaint_fast.data import load_image, load_mask
+def _read_image(path: str) -> torch.Tensor:
+    """--image as (1, 3, H, W)."""
+    from inpaint_fast.data import load_image
 
-    for option, path in (("--image", image_path), ("--mask", mask_path)):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{option}: no file at {path!r}")
-    image = load_image(image_path)[None]
-    mask = load_mask(mask_path, convention=convention)[None]
-    if mask.shape[-2:] != image.shape[-2:]:
-        mask = _resize(mask, tuple(image.shape[-2:])).clamp(0, 1)
-        if convention == "pic":
-            mask = (mask >= 1.0 - 1e-6).to(mask.dtype)
+    if not os.path.isfile(path):
+        raise MissingFileError(f"--image: no file at {path!r}")
+    try:
+        return load_image(path)[None]
+    except ValueError as exc:  # Pillow cannot decode it
+        raise UsageError(f"--image: {path!r} is not an image Pillow can read ({exc.__cause__ or exc})") from exc
+
+
+def _read_mask(path: str, *, holes: str, binary: bool) -> torch.Tensor:
+    """--mask as (1, 1, h, w), 1 = known."""
+    from inpaint_fast.data import load_mask
+
+    if not os.path.isfile(path):
+        raise MissingFileError(f"--mask: no file at {path!r}")
+    try:
+        return load_mask(path, holes=holes, binary=binary)[None]
+    except ValueError as exc:  # Pillow cannot decode it
+        raise UsageError(f"--mask: {path!r} is not an image Pillow can read ({exc.__cause__ or exc})") from exc
+
+
+def _fit_mask(mask: torch.Tensor, image: torch.Tensor, *, resize: bool, binary: bool, mask_path: str,
+              image_path: str) -> torch.Tensor:
+    """The mask at the image's size: as it is, stretched with ``resize`` (re-binarised for PIC:
+    the bilinear fringe of a hole becomes hole), or UsageError. A silent stretch would move and
+    reshape the holes whenever the aspect ratios differ."""
+    (h, w), (mh, mw) = image.shape[-2:], mask.shape[-2:]
+    if (mh, mw) == (h, w):
+        return mask
+    if not resize:
+        raise UsageError(f"--mask: {mask_path} is {mw}x{mh} (width x height) but --image {image_path} is {w}x{h}; "
+                         "give a mask of the image's size, or pass --resize-mask to stretch it to the image")
+    mask = _resize(mask, (h, w)).clamp(0, 1)
+    return (mask >= 1.0 - 1e-6).to(mask.dtype) if binary else mask
+
+
+def _warn_if_mostly_hole(mask: torch.Tensor, path: str, inverted: bool) -> None:
+    from inpaint_fast.training.run import hole_fraction_warning
+
+    line = hole_fraction_warning("--mask", f"{path} is", 1.0 - mask.mean().item(), inverted)
+    if line:
+        print(line, file=sys.stderr)
+
+
+def _check_out(out: str) -> None:
+    """UsageError when --out names a file (checked before any reading or loading)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out: {out!r} is a file; --out names a folder for the outputs "
+                         "(<stem>_out_<i>.png, <stem>_result.png): give a new or existing folder")
+
+
+def _make_out(out: str) -> None:
+    """Create --out (and its parents); UsageError when that is impossible."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:  # a parent is a file, no permission, ...
+        raise UsageError(f"--out: cannot create the folder {out!r} ({exc.strerror or exc}); give another --out") \
+            from exc
+
+
+def _check_options(args) -> torch.device:
+    """The device; UsageError for an option that is wrong before any file is read."""
+    from inpaint_fast.training.distributed import parse_device
+    from inpaint_fast.training.run import check_backend, check_size
+
+    if args.mask_convention is not None:
+        raise UsageError("--mask-convention: removed; every mask file now reads white = hole, black = known for "
+                         "both models; drop it, and pass --invert-mask for files that mark the known pixels white")
+    device = parse_device(args.device)
+    if args.backend:
+        check_backend(args.backend, args.model, device)
+    if args.model == "dfnet" and args.samples != 1:
+        raise UsageError("--samples: applies to --model pic only (DFNet is deterministic); leave it out")
+    if args.samples < 1:
+        raise UsageError(f"--samples: expected 1 or more, got {args.samples}")
+    if args.size is not None:
+        check_size(args.model, args.size, training=False)
+    _check_out(args.out)
+    return device
+
+
+def _inputs(args) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(image (1, 3, H, W), mask (1, 1, H, W), 1 = known) from --image and --mask."""
+    binary = args.model == "pic"  # PIC's rule: any pixel touched by a hole is a hole
+    image = _read_image(args.image)
+    mask = _read_mask(args.mask, holes="black" if args.invert_mask else "white", binary=binary)
+    mask = _fit_mask(mask, image, resize=args.resize_mask, binary=binary, mask_path=args.mask, image_path=args.image)
+    _warn_if_mostly_hole(mask, args.mask, args.invert_mask)
     return image, mask
+
+
+def _write(outs: Dict[str, torch.Tensor], folder: str, stem: str) -> List[str]:
+    """Save each (3, H, W) output as ``folder/<stem>_<name>.png``; returns the paths."""
+    from inpaint_fast.data import save_image
+
+    written = []
+    for name, out in outs.items():
+        path = os.path.join(folder, f"{stem}_{name}.png")
+        save_image(out, path)
+        written.append(path)
+    return written
 
 
 def run_inpaint(args) -> List[str]:
     """The ``inpaint-fast inpaint`` command on parsed arguments; returns the files written."""
-    from inpaint_fast.data import save_image
     from inpaint_fast.training.run import check_size
 
+    device = _check_options(args)
     if args.backend:
         import inpaint_fast
 
         inpaint_fast.set_backend(args.backend)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda, but torch.cuda.is_available() is False")
-    if args.model == "dfnet" and args.samples != 1:
-        raise ValueError("--samples applies to --model pic only (DFNet is deterministic)")
-    if args.samples < 1:
-        raise ValueError(f"--samples: expected >= 1, got {args.samples}")
-    convention = args.mask_convention or args.model
-    image, mask = _load_inputs(args.image, args.mask, convention)
+    image, mask = _inputs(args)
     net, train_args = load_model(args.model, checkpoint=args.checkpoint, pic_E=args.pic_E, pic_G=args.pic_G,
                                  device=device)
     size = args.size or int(train_args.get("size") or DEFAULT_SIZES[args.model])
     check_size(args.model, size, training=False)
     image, mask = image.to(device), mask.to(device)
+    _make_out(args.out)
     stem = os.path.splitext(os.path.basename(args.image))[0]
-    os.makedirs(args.out, exist_ok=True)
-    written = []
     if args.model == "pic":
         outs = inpaint_pic(net, image, mask, size=size, samples=args.samples, seed=args.seed,
                            deterministic=args.deterministic)
-        for i, out in enumerate(outs):
-            path = os.path.join(args.out, f"{stem}_out_{i}.png")
-            save_image(out, path)
-            written.append(path)
-    else:
-        outs = inpaint_dfnet(net, image, mask, size=size, bgr=args.bgr)
-        names = ["result"] + (["raw", "alpha"] if args.save_raw else [])
-        for name in names:
-            path = os.path.join(args.out, f"{stem}_{name}.png")
-            save_image(outs[name][0], path)
-            written.append(path)
-    return written
+        return _write({f"out_{i}": out for i, out in enumerate(outs)}, args.out, stem)
+    outs = inpaint_dfnet(net, image, mask, size=size, bgr=args.bgr)
+    names = ["result"] + (["raw", "alpha"] if args.save_raw else [])
+    return _write({name: outs[name][0] for name in names}, args.out, stem)

@@ -3,8 +3,8 @@ and the worker that the 2-process DDP tests launch with ``python -m torch.distri
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/_train_toy.py TOY_OUT PIC_OUT PIC_DATA
 
-runs the toy task, then 2 PIC steps through ``inpaint-fast train``'s code; every rank writes
-<OUT>/rank<r>.pt (its final weights) for each.
+runs the toy task, then 2 PIC steps through ``inpaint-fast train``'s code with ``--overwrite``
+(PIC_OUT may hold an earlier run); every rank writes <OUT>/rank<r>.pt (its final weights) for each.
 """
 
 import os
@@ -97,7 +97,7 @@ def _main(argv):
     args = build_parser().parse_args(
         ["train", "--model", "pic", "--data", pic_data, "--out", pic_out, "--size", "96", "--batch", "1",
          "--steps", "2", "--workers", "0", "--device", "cpu", "--sample-every", "2", "--backend", "reference",
-         "--no-progress"])
+         "--no-progress", "--overwrite"])
     trainer = train(args, info=info)
     _dump(trainer.task.modules()["model"].state_dict(), pic_out, info.rank)
     shutdown_distributed(info)

@@ -51,6 +51,16 @@ def test_unknown_backend_argument():
         inpaint_fast.short_long_attention(q, x, torch.zeros(1), backend="gpu")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for CPU inputs on a machine without a GPU")
+def test_cuda_backend_on_cpu_tensors_names_the_device_first():
+    q, x = torch.randn(1, 2, 3, 3), torch.randn(1, 4, 3, 3)
+    with pytest.raises(inpaint_fast.BackendError) as info:
+        inpaint_fast.short_long_attention(q, x, torch.zeros(1), backend="cuda")
+    message = str(info.value)
+    assert "backend 'cuda' runs on cuda tensors, but the inputs are on cpu" in message, message
+    assert "backends for cpu inputs here: reference, cpu" in message, message
+
+
 def test_triton_backend_is_not_silently_replaced():
     """Outside Triton's envelope here (CPU tensors without the interpreter; bfloat16 under it,
     which the interpreter computes wrongly) asking for it is an error, not the reference."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from inpaint_fast.bench import train_step
@@ -55,3 +56,30 @@ def test_a_failing_provider_is_recorded_not_raised(monkeypatch):
     monkeypatch.setattr(train_step, "build_step", build)
     results = train_step.run_train_bench([train_step.TrainCase("pic", 96, 1)], ["reference"], torch.device("cpu"), TINY)
     assert results[0].status == "oom" and results[0].timing is None
+
+
+def test_script_refuses_noisy_timings_for_the_committed_csv(tmp_path, monkeypatch, capsys):
+    """benchmarks/bench_train_step.py writes the committed CSV by default; while other processes
+    load the CPUs it must refuse before timing anything (shown on a copy of the repository layout)."""
+    import importlib.util
+    import os
+
+    from inpaint_fast.bench import env
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("bench_train_step", os.path.join(repo, "benchmarks",
+                                                                                   "bench_train_step.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.RESULTS_CSV == os.path.join(repo, "benchmarks", "results", "benchmarks.csv")
+    (tmp_path / "inpaint_fast").mkdir()
+    (tmp_path / "inpaint_fast" / "__init__.py").write_text("")
+    committed = tmp_path / "benchmarks" / "results" / "benchmarks.csv"
+    committed.parent.mkdir(parents=True)
+    committed.write_text("kernel\n")
+    monkeypatch.setattr(env, "busy_cpus", lambda: 2)
+    monkeypatch.setattr(train_step, "run_train_bench", lambda *a, **k: pytest.fail("timed despite the refusal"))
+    assert script.main(["--device", "cpu", "--quick", "--csv", str(committed)]) == 2
+    err = capsys.readouterr().err
+    assert "error: --csv: 2 other process(es)" in err and "--force" in err, err
+    assert committed.read_text() == "kernel\n"

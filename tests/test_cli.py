@@ -7,9 +7,11 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from inpaint_fast import cli
 from inpaint_fast.bench import Provider, Sweep, TimingConfig, get_op, results_to_rows, run
+from inpaint_fast.bench.core import compare, make_oracle
 from inpaint_fast.bench.results import COLUMNS, read_rows, upsert_rows
 from inpaint_fast.bench.timing import peak_memory_mb, quantiles
 
@@ -185,6 +187,55 @@ def test_fusion_block_gate_checks_running_stats():
     assert by_mode[("reference", "train-fwd")] == "ok"
 
 
+@pytest.mark.parametrize("variant", ["train", "eval"])
+def test_fusion_block_inputs_keep_leaky_relu_inputs_off_the_kink(variant):
+    """Both LeakyReLUs' inputs (re-stated in fp64) stay KINK_MARGIN from 0, both slopes are used,
+    and eval mode normalises with running statistics that are not the batch's."""
+    from inpaint_fast.bench.fusion_block import KINK_MARGIN
+
+    bench = get_op("fusion_block")
+    for case in bench.cases(Sweep(sizes=(64,), dtypes=("fp32",), modes=(), batch=2, levels=(0, 2)), CPU):
+        t = {k: (v.double() if torch.is_tensor(v) else v) for k, v in bench.make_inputs(case, CPU, variant).kwargs.items()}
+        train = variant == "train"
+        x_k = F.interpolate(t["image"], size=t["feat"].shape[-2:], mode="bilinear", align_corners=False)
+        raw = torch.sigmoid(F.conv2d(t["feat"], t["map_weight"], t["map_bias"]))
+        z = F.conv2d(torch.cat([x_k, raw], 1), t["conv1_weight"], t["conv1_bias"])
+        for bn, conv in (("bn1", "conv2"), ("bn2", None)):
+            stats = (None, None) if train else (t[f"{bn}_running_mean"], t[f"{bn}_running_var"])
+            v = F.batch_norm(z, *stats, t[f"{bn}_weight"], t[f"{bn}_bias"], train)
+            nearest = v.abs().min().item()
+            assert nearest >= KINK_MARGIN * (1 - 1e-5), f"{case.shape} {bn}: a LeakyReLU input at {nearest:.3g}"
+            assert 0 < (v < 0).double().mean().item() < 1, f"{case.shape} {bn}: one slope unused"
+            if not train:
+                assert not torch.allclose(t[f"{bn}_running_mean"], z.mean((0, 2, 3)), rtol=1e-3, atol=1e-6)
+            if conv:
+                z = F.conv2d(F.leaky_relu(v, 0.2), t[f"{conv}_weight"], t[f"{conv}_bias"], padding=1)
+
+
+def test_gate_judges_mathematically_zero_gradients_at_their_weights_scale():
+    """In training mode the conv biases before a BatchNorm have zero gradients: their rounding noise
+    passes at the scale of the conv's weight gradient, a real gradient there does not."""
+    bench = get_op("fusion_block")
+    assert bench.zero_in_exact_arithmetic("eval") == {}
+    (case,) = bench.cases(Sweep(sizes=(32,), dtypes=("fp32",), modes=(), batch=2, levels=(1,)), CPU)
+    oracle = make_oracle(bench, case, CPU, "train", True)
+    judged_at = bench.zero_in_exact_arithmetic("train")
+    got = {k: (v.clone() if v is not None else None) for k, v in oracle.values.items()}
+    weight_scale = oracle.values["grad_conv1_weight"].abs().max().item()
+    big = max(v.abs().max().item() for v in oracle.values.values() if v is not None)
+    # Noise 4x the fp32 reference's own (its BN backward sums in double), small next to the weight's.
+    noise = 4 * max(oracle.baseline["grad_conv1_bias"], 1e-3 * 1e-3 * big)
+    assert noise < 0.5e-3 * weight_scale, (noise, weight_scale)  # half the fp32 gate tolerance (1e-3)
+    got["grad_conv1_bias"] = got["grad_conv1_bias"] + noise
+    ok, note = compare(got, oracle, torch.float32, judged_at=judged_at)
+    assert ok, note
+    ok_without, _ = compare(got, oracle, torch.float32)
+    assert not ok_without  # judged at its own (zero) scale, that noise would be "wrong"
+    got["grad_conv1_bias"] = got["grad_conv1_bias"] + 1e-2 * weight_scale  # a real, wrong gradient
+    ok, note = compare(got, oracle, torch.float32, judged_at=judged_at)
+    assert not ok and "grad_conv1_bias" in note
+
+
 def test_quantiles_and_peak_memory():
     assert quantiles([1.0, 2.0, 3.0, 4.0, 5.0]) == [1.8, 3.0, 4.2]
     mb = peak_memory_mb(lambda: torch.ones(4 * 2**20 // 4), CPU)  # 4 MiB
@@ -219,3 +270,21 @@ def test_readme_table_renders_and_rewrites(tmp_path):
     bare = tmp_path / "BARE.md"
     bare.write_text("no markers\n")
     assert readme_table.main(["--csv", path, "--readme", str(bare), "--write"]) == 1
+
+
+def test_commit_is_marked_dirty_when_tracked_files_differ(monkeypatch):
+    import subprocess
+
+    from inpaint_fast.bench import env
+
+    def fake_git(status_output):
+        def run(*args):
+            out = "abc1234\n" if args[0] == "rev-parse" else status_output
+            return subprocess.CompletedProcess(["git", *args], 0, out, "")
+        return run
+
+    for status, expected in (("", "abc1234"), (" M inpaint_fast/cli.py\n", "abc1234-dirty")):
+        monkeypatch.setattr(env, "_git", fake_git(status))
+        env._commit.cache_clear()
+        assert env._commit() == expected
+    env._commit.cache_clear()

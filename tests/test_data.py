@@ -27,6 +27,7 @@ from inpaint_fast.data import (
     regular_mask_rectangles,
     sample_rng,
     save_image,
+    save_mask,
 )
 
 
@@ -48,7 +49,7 @@ def _noise_images(folder, n, size=(40, 30), seed=0):
 
 
 def _square_hole_files(folder, n=6, side=32):
-    """n PIC-convention mask files (0 = known, 255 = hole), each with a different hole square."""
+    """n mask files (0 = known, 255 = hole), each with a different hole square."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         a = np.zeros((side, side), np.uint8)
@@ -89,8 +90,12 @@ def test_save_load_round_trip_is_exact_and_rounds(tmp_path):
     assert torch.equal(load_image(tmp_path / "x.png"), levels)
 
     grey = torch.randint(0, 256, (1, 4, 6)).float() / 255
-    save_image(grey, tmp_path / "sub" / "m.png")  # parent folder created
-    assert torch.equal(load_mask(tmp_path / "sub" / "m.png"), grey)
+    save_image(grey, tmp_path / "sub" / "m.png")  # parent folder created; white = known in this file
+    assert torch.equal(load_mask(tmp_path / "sub" / "m.png", holes="black"), grey)
+    save_mask(grey, tmp_path / "sub" / "holes_white.png")  # the file convention: white = hole
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "sub" / "holes_white.png")),
+                          np.rint(255 - grey[0].numpy() * 255).astype(np.uint8))
+    assert torch.allclose(load_mask(tmp_path / "sub" / "holes_white.png"), grey, atol=1e-6, rtol=0)
 
     # 100.6/255 → 101 (rounded; DFNet's truncation would give 100); out-of-range values clamp.
     save_image(torch.tensor([100.6 / 255, -0.5, 1.7]).view(1, 1, 3), tmp_path / "r.png")
@@ -102,37 +107,50 @@ def test_save_load_round_trip_is_exact_and_rounds(tmp_path):
         save_image(torch.full((1, 2, 2), float("nan")), tmp_path / "nan.png")
 
 
-def test_mask_conventions(tmp_path):
+def test_mask_files_white_is_hole_unless_inverted(tmp_path):
     _grey(tmp_path / "m.png", [[0, 255, 128, 1]])
-    soft = load_mask(tmp_path / "m.png")  # dfnet: white = known, grey kept soft
+    soft = load_mask(tmp_path / "m.png")  # white = hole, black = known, grey kept soft
     assert soft.shape == (1, 1, 4) and soft.dtype == torch.float32
-    assert torch.equal(soft, torch.tensor([[[0.0, 1.0, 128 / 255, 1 / 255]]]))
-    pic = load_mask(tmp_path / "m.png", convention="pic")  # pic: exactly 0 = known
-    assert torch.equal(pic, torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]))
+    assert torch.equal(soft, torch.tensor([[[1.0, 0.0, 127 / 255, 254 / 255]]])), soft
+    binary = load_mask(tmp_path / "m.png", binary=True)  # PIC's rule: only exactly-black pixels are known
+    assert torch.equal(binary, torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])), binary
 
-    # A colour PIC mask: non-zero in any channel is a hole.
+    # holes="black" (DFNet's released files): the mirror image, in both readings
+    black = load_mask(tmp_path / "m.png", holes="black")
+    assert torch.equal(black, torch.tensor([[[0.0, 1.0, 128 / 255, 1 / 255]]])), black
+    black = load_mask(tmp_path / "m.png", holes="black", binary=True)
+    assert torch.equal(black, torch.tensor([[[0.0, 1.0, 0.0, 0.0]]])), black
+
+    # A colour file read binary: off the known level in any channel is a hole.
     _rgb(tmp_path / "c.png", [[[0, 0, 0], [0, 0, 1], [7, 0, 0]]])
-    assert load_mask(tmp_path / "c.png", convention="pic").flatten().tolist() == [1.0, 0.0, 0.0]
+    assert load_mask(tmp_path / "c.png", binary=True).flatten().tolist() == [1.0, 0.0, 0.0]
+    _rgb(tmp_path / "ci.png", [[[255, 255, 255], [255, 255, 254], [0, 0, 0]]])
+    assert load_mask(tmp_path / "ci.png", holes="black", binary=True).flatten().tolist() == [1.0, 0.0, 0.0]
 
-    with pytest.raises(ValueError, match="convention"):
-        load_mask(tmp_path / "m.png", convention="white")
+    with pytest.raises(ValueError, match="holes"):
+        load_mask(tmp_path / "m.png", holes="grey")
+    with pytest.raises(TypeError):
+        load_mask(tmp_path / "m.png", convention="pic")  # the old keyword is gone, not ignored
 
 
-def test_mask_resize_soft_for_dfnet_binary_for_pic(tmp_path):
-    a = np.full((10, 10), 255, np.uint8)
-    a[:, :5] = 0  # dfnet: left half hole
+def test_mask_resize_soft_or_binary(tmp_path):
+    a = np.zeros((10, 10), np.uint8)
+    a[:, :5] = 255  # left half hole
     _grey(tmp_path / "half.png", a)
     m = load_mask(tmp_path / "half.png", size=7)
     assert m.shape == (1, 7, 7)
     inner = m[(m > 0) & (m < 1)]
-    assert inner.numel() > 0, "resized dfnet mask must keep fractional values (no binarisation)"
+    assert inner.numel() > 0, "a resized soft mask must keep fractional values (no binarisation)"
     assert m[0, :, 0].eq(0).all() and m[0, :, -1].eq(1).all()
 
-    # pic: the same file inverted (black = known); the bilinear fringe becomes hole.
-    _grey(tmp_path / "half_pic.png", 255 - a)
-    p = load_mask(tmp_path / "half_pic.png", size=7, convention="pic")
+    # binary: the bilinear fringe becomes hole; the inverted file reads the same.
+    p = load_mask(tmp_path / "half.png", size=7, binary=True)
     assert set(p.unique().tolist()) <= {0.0, 1.0}
-    assert (1 - p).sum() > (1 - m).sum()  # holes grow: any non-zero resized pixel is a hole
+    assert (1 - p).sum() > (1 - m).sum(), ((1 - p).sum(), (1 - m).sum())  # holes grow
+    _grey(tmp_path / "half_inverted.png", 255 - a)
+    assert torch.equal(load_mask(tmp_path / "half_inverted.png", size=7, holes="black", binary=True), p)
+    # (within one grey level: Pillow rounds the resized 127.5 up in both files)
+    assert torch.allclose(load_mask(tmp_path / "half_inverted.png", size=7, holes="black"), m, atol=1.01 / 255, rtol=0)
 
 
 def test_io_errors_name_the_file(tmp_path):
@@ -222,23 +240,42 @@ def test_free_form_unreachable_window_fails_clearly():
     assert 0 < 1 - m.mean().item() < 1
 
 
-def test_mask_folder_conventions(tmp_path):
-    folder = tmp_path / "pic"
+def test_mask_folder_binary_augmented_or_soft(tmp_path):
+    folder = tmp_path / "white_holes"
     folder.mkdir()
     a = np.zeros((32, 32), np.uint8)
-    a[10:22, 10:22] = 255  # PIC file: black background, white centred hole
+    a[10:22, 10:22] = 255  # black background, white centred hole
     _grey(folder / "m0.png", a)
-    pic = MaskFolder(folder, convention="pic")
-    assert pic.augment
+    pic = MaskFolder(folder, binary=True, augment=True)  # PIC's reading
     for seed in range(6):  # flip and ±10° rotation (fill = known) keep the centre a hole, corners known
         m = pic(32, np.random.default_rng(seed))
         assert m.shape == (1, 32, 32) and set(m.unique().tolist()) == {0.0, 1.0}
         assert m[0, 12:20, 12:20].eq(0).all() and m[0, :8].eq(1).all() and m[0, 24:].eq(1).all()
         assert 100 <= (m == 0).sum() <= 200  # 144 hole pixels, give or take the rotation
 
-    dfn = MaskFolder(folder, convention="dfnet")  # no augmentation: plain resize of the file
-    assert not dfn.augment
+    dfn = MaskFolder(folder)  # DFNet's reading: no augmentation, a plain resize of the file
+    assert not dfn.augment and not dfn.binary
     assert torch.equal(dfn(16, np.random.default_rng(0)), load_mask(folder / "m0.png", 16))
+
+    # The same masks from files that mark the known pixels white, read with holes="black"
+    # (the rotation's corners are filled with that file's known level, white).
+    inverted = tmp_path / "black_holes"
+    inverted.mkdir()
+    _grey(inverted / "m0.png", 255 - a)
+    inv = MaskFolder(inverted, holes="black", binary=True, augment=True)
+    for seed in range(6):
+        assert torch.equal(inv(32, np.random.default_rng(seed)), pic(32, np.random.default_rng(seed))), seed
+
+
+def test_mask_folder_hole_fraction_spots_inverted_files(tmp_path):
+    folder = _square_hole_files(tmp_path / "masks", n=3)
+    holes = [100 / 1024, 110 / 1024, 120 / 1024]  # 10x10, 11x10 and 12x10 holes on 32 x 32
+    expected = sum(holes) / 3
+    got = MaskFolder(folder).hole_fraction()
+    assert abs(got - expected) < 1e-6, (got, expected)
+    got = MaskFolder(folder, holes="black").hole_fraction()  # read the wrong way round: mostly hole
+    assert abs(got - (1 - expected)) < 1e-6, (got, 1 - expected)
+    assert abs(MaskFolder(folder).hole_fraction(files=1) - holes[0]) < 1e-6
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,14 +284,15 @@ def test_mask_folder_conventions(tmp_path):
 
 
 def _all_specs(tmp_path):
-    folder = _square_hole_files(tmp_path / "masks")
-    return ["center", "regular", "irregular", "pic", "free_form", f"{folder}:pic", f"{folder}:dfnet", str(folder)]
+    """(spec, how a folder is read) pairs: every generator, and a folder read both recipes' ways."""
+    folder = str(_square_hole_files(tmp_path / "masks"))
+    return [(name, {}) for name in MASK_SPECS] + [(folder, {}), (folder, {"binary": True, "augment": True})]
 
 
 def test_mask_source_is_a_function_of_seed_epoch_index(tmp_path):
-    for spec in _all_specs(tmp_path):
-        a = make_mask_source(spec, 64, seed=3)
-        b = make_mask_source(spec, 64, seed=3)
+    for spec, reading in _all_specs(tmp_path):
+        a = make_mask_source(spec, 64, seed=3, **reading)
+        b = make_mask_source(spec, 64, seed=3, **reading)
         later = [b(i, e) for e in (1, 0) for i in (4, 0, 2)]  # another order, another object
         random.seed(1), np.random.seed(1), torch.manual_seed(1)  # global RNGs play no part
         first = a(2, 0)
@@ -265,7 +303,7 @@ def test_mask_source_is_a_function_of_seed_epoch_index(tmp_path):
             continue
         masks = [a(i, 0) for i in range(8)] + [a(2, e) for e in (1, 2, 3)]
         distinct = {tuple(m.flatten().tolist()) for m in masks}
-        if ":" not in spec and spec in MASK_SPECS:
+        if spec in MASK_SPECS:
             assert not torch.equal(a(0, 0), a(1, 0)), f"{spec}: index must change the mask"
             assert not torch.equal(a(2, 0), a(2, 1)), f"{spec}: epoch must change the mask"
             assert not torch.equal(a(2, 0), make_mask_source(spec, 64, seed=4)(2, 0)), spec
@@ -275,9 +313,16 @@ def test_mask_source_is_a_function_of_seed_epoch_index(tmp_path):
 def test_make_mask_source_errors(tmp_path):
     with pytest.raises(ValueError, match="free_form") as err:
         make_mask_source("freeform", 64)
-    assert "'center'" in str(err.value) and ":pic" in str(err.value)
+    assert "'center'" in str(err.value) and "white = hole" in str(err.value)
     with pytest.raises(ValueError, match="unknown mask spec"):
-        make_mask_source(str(tmp_path / "missing") + ":pic", 64)
+        make_mask_source(str(tmp_path / "missing"), 64)
+    folder = _square_hole_files(tmp_path / "masks", n=1)
+    for suffix in (":pic", ":dfnet"):  # a retired convention suffix is refused with the way out, not dropped
+        with pytest.raises(ValueError, match="suffix") as err:
+            make_mask_source(f"{folder}{suffix}", 64)
+        assert "holes='black'" in str(err.value) and "--invert-mask" in str(err.value)
+    with pytest.raises(ValueError, match="holes"):
+        make_mask_source(str(folder), 64, holes="inverted")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty"):
         make_mask_source(str(tmp_path / "empty"), 64)
@@ -399,6 +444,25 @@ def test_dataset_epoch_changes_masks_and_seed_matters(tmp_path):
     assert torch.equal(ds[0]["mask"], m0)
     other = InpaintingDataset(tmp_path, size=32, masks="regular", recipe="dfnet", seed=2)
     assert not torch.equal(other[0]["mask"], m0)
+
+
+def test_dataset_reads_a_mask_folder_the_recipe_way(tmp_path):
+    _noise_images(tmp_path / "imgs", 2)
+    folder = _square_hole_files(tmp_path / "masks", n=2, side=32)
+    inverted = tmp_path / "inverted"
+    inverted.mkdir()
+    for f in sorted(folder.iterdir()):
+        _grey(inverted / f.name, 255 - np.asarray(Image.open(f)))
+    for recipe, reading in (("pic", {"binary": True, "augment": True}), ("dfnet", {"binary": False, "augment": False})):
+        ds = InpaintingDataset(tmp_path / "imgs", size=32, masks=str(folder), recipe=recipe, seed=4)
+        source = make_mask_source(str(folder), 32, seed=4, **reading)
+        flipped = InpaintingDataset(tmp_path / "imgs", size=32, masks=str(inverted), recipe=recipe, seed=4,
+                                    mask_holes="black")
+        for i in range(2):
+            assert torch.equal(ds[i]["mask"], source(i, 0)), (recipe, i)
+            assert torch.equal(flipped[i]["mask"], ds[i]["mask"]), (recipe, i)
+        hole = 1 - ds[0]["mask"].mean().item()
+        assert 0.05 < hole < 0.3, (recipe, hole)  # white squares are the holes
 
 
 def test_dataloader_workers_give_identical_batches(tmp_path):

@@ -8,6 +8,8 @@ training and eval, forward, backward and running statistics, on every backend th
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,15 +51,15 @@ class _DFNetBlend(nn.Module):
         return self.blend(z)
 
 
-class _DFNetFusion(nn.Module):
-    def __init__(self, c, c_alpha=3):
+class _DFNetFusion(nn.Module):  # DFNet's FusionBlock: its constructor defaults and forward order
+    def __init__(self, c_feat, c_alpha=1):
         super().__init__()
-        self.map2img = nn.Sequential(_DFNetConv(c, 3, 1), nn.Sigmoid())
+        self.map2img = nn.Sequential(_DFNetConv(c_feat, 3, 1), nn.Sigmoid())
         self.blend = _DFNetBlend(c_alpha)
 
-    def forward(self, feat, image):
-        x_k = F.interpolate(image, size=feat.shape[-2:], mode="bilinear", align_corners=False)
-        raw = self.map2img(feat)
+    def forward(self, img_miss, feat_de):
+        x_k = F.interpolate(img_miss, size=feat_de.shape[-2:], mode="bilinear", align_corners=False)
+        raw = self.map2img(feat_de)
         alpha = self.blend(torch.cat([x_k, raw], dim=1))
         return alpha * raw + (1 - alpha) * x_k, alpha, raw
 
@@ -85,7 +87,7 @@ def _pair(c=5, c_alpha=3, backend=None, dtype=torch.float64):
 def _inputs(B=3, c=5, h=6, w=4, scale=2, dtype=torch.float64):
     feat = torch.randn(B, c, h, w, dtype=dtype, requires_grad=True)
     image = torch.rand(B, 3, h * scale, w * scale, dtype=dtype)
-    return feat, image
+    return image, feat  # DFNet's argument order: the image with holes first
 
 
 def _loss(outputs, grads):
@@ -104,7 +106,7 @@ DFNET_KEYS = {"map2img.0.conv.weight", "map2img.0.conv.bias"} | {
 
 
 def test_state_dict_keys_and_shapes():
-    sd = FusionBlock(64).state_dict()
+    sd = FusionBlock(64, 3).state_dict()
     assert set(sd) == DFNET_KEYS
     assert sd["map2img.0.conv.weight"].shape == (3, 64, 1, 1)
     assert sd["blend.blend.0.conv.weight"].shape == (32, 6, 1, 1)
@@ -115,21 +117,47 @@ def test_state_dict_keys_and_shapes():
 
 
 @pytest.mark.parametrize("c,count", [(4, 1188), (64, 1368), (128, 1560), (256, 1944), (512, 2712)])
-def test_parameter_count_matches_dfnet(c, count):  # dfnet.md §1.4
-    assert sum(p.numel() for p in FusionBlock(c).parameters()) == count
+def test_parameter_count_matches_dfnet(c, count):  # the released network's blocks, c_alpha = 3
+    assert sum(p.numel() for p in FusionBlock(c, 3).parameters()) == count
+
+
+def test_signature_matches_dfnets_fusion_block():
+    """Constructor defaults and forward argument order as DFNet's FusionBlock, so the module
+    drops into DFNet's own code unchanged (only the keyword-only ``backend`` is ours)."""
+    ours_init = inspect.signature(FusionBlock.__init__).parameters
+    theirs_init = inspect.signature(_DFNetFusion.__init__).parameters
+    positional = [n for n, p in ours_init.items() if p.kind is not p.KEYWORD_ONLY]
+    assert positional == list(theirs_init)
+    assert {n: ours_init[n].default for n in positional} == {n: p.default for n, p in theirs_init.items()}
+    assert list(inspect.signature(FusionBlock.forward).parameters) == list(
+        inspect.signature(_DFNetFusion.forward).parameters)
+    assert FusionBlock(8).c_alpha == 1
+    # Positional use, as DFNet's code calls it: image first. Swapped arguments fail on shape.
+    dfnet, ours = _pair(c=5, c_alpha=1)
+    image, feat = _inputs()
+    for e, g in zip(dfnet.eval()(image, feat), ours.eval()(image, feat)):
+        torch.testing.assert_close(g, e, **TOL[torch.float64])
+    with pytest.raises(ValueError, match="image"):
+        ours(feat, image)
+
+
+@pytest.mark.parametrize("c_alpha", [0, 2, 4])
+def test_bad_c_alpha_is_a_clear_error(c_alpha):
+    with pytest.raises(ValueError, match=r"c_alpha must be 1 or 3, got"):
+        FusionBlock(8, c_alpha)
 
 
 def test_strict_load_both_ways_and_round_trip(tmp_path):
     dfnet, ours = _pair()
-    back = _DFNetFusion(5)
+    back = _DFNetFusion(5, 3)
     back.to(torch.float64).load_state_dict(ours.state_dict(), strict=True)
     torch.save(ours.state_dict(), tmp_path / "fuse.pt")
-    again = FusionBlock(5).double()
+    again = FusionBlock(5, 3).double()
     again.load_state_dict(torch.load(tmp_path / "fuse.pt"), strict=True)
     for k, v in dfnet.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
-    feat, image = _inputs()
-    torch.testing.assert_close(again.eval()(feat, image), ours.eval()(feat, image), rtol=0, atol=0)
+    image, feat = _inputs()
+    torch.testing.assert_close(again.eval()(image, feat), ours.eval()(image, feat), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,9 +169,9 @@ def test_matches_dfnet_eval(backend, dtype, c_alpha):
     dfnet, ours = _pair(c_alpha=c_alpha, backend=backend, dtype=dtype)
     dfnet.eval()
     ours.eval()
-    feat, image = _inputs(dtype=dtype)
+    image, feat = _inputs(dtype=dtype)
     feat2 = feat.detach().clone().requires_grad_()
-    expected, got = dfnet(feat, image), ours(feat2, image)
+    expected, got = dfnet(image, feat), ours(image, feat2)
     assert got[1].shape == (3, c_alpha, 6, 4)
     for name, e, g in zip(("out", "alpha", "raw"), expected, got):
         torch.testing.assert_close(g, e, **TOL[dtype], msg=lambda m: f"{name}: {m}")
@@ -172,9 +200,9 @@ def test_training_steps_match_dfnet(backend, dtype, momentum):
     tol = TOL[dtype]
     initial_mean = ours.blend.blend[1].running_mean.clone()
     for step in range(3):
-        feat, image = _inputs(dtype=dtype)
+        image, feat = _inputs(dtype=dtype)
         feat2 = feat.detach().clone().requires_grad_()
-        expected, got = dfnet(feat, image), ours(feat2, image)
+        expected, got = dfnet(image, feat), ours(image, feat2)
         for e, g in zip(expected, got):
             torch.testing.assert_close(g, e, **tol)
         grads = [torch.randn_like(t) for t in expected]
@@ -194,8 +222,8 @@ def test_training_steps_match_dfnet(backend, dtype, momentum):
     assert not torch.allclose(ours.blend.blend[1].running_mean, initial_mean)
     dfnet.eval()
     ours.eval()
-    feat, image = _inputs(dtype=dtype)
-    for e, g in zip(dfnet(feat, image), ours(feat, image)):
+    image, feat = _inputs(dtype=dtype)
+    for e, g in zip(dfnet(image, feat), ours(image, feat)):
         torch.testing.assert_close(g, e, **tol)
 
 
@@ -225,8 +253,8 @@ def test_fact2_alpha_zero_gives_resized_image(backend, training):
     _, ours = _pair(backend=backend)
     _forced_alpha(ours, 0)
     ours.train(training)
-    feat, image = _inputs(scale=4)
-    out, alpha, raw = ours(feat, image)
+    image, feat = _inputs(scale=4)
+    out, alpha, raw = ours(image, feat)
     assert torch.count_nonzero(alpha) == 0
     x_k = F.interpolate(image, size=(6, 4), mode="bilinear", align_corners=False)
     torch.testing.assert_close(out, x_k, rtol=0, atol=1e-15)
@@ -238,8 +266,8 @@ def test_fact2_alpha_one_gives_raw(backend):
     _, ours = _pair(backend=backend)
     _forced_alpha(ours, 1)
     ours.eval()
-    feat, image = _inputs()
-    out, alpha, raw = ours(feat, image)
+    image, feat = _inputs()
+    out, alpha, raw = ours(image, feat)
     assert torch.equal(alpha, torch.ones_like(alpha))
     torch.testing.assert_close(out, raw, rtol=0, atol=1e-15)
     torch.testing.assert_close(raw, torch.sigmoid(F.conv2d(feat, *_map_params(ours))), rtol=1e-12, atol=1e-14)
@@ -254,8 +282,8 @@ def _map_params(ours):
 def test_fact3_full_resolution_uses_the_image_itself(backend):
     _, ours = _pair(backend=backend)
     ours.eval()
-    feat, image = _inputs(scale=1)  # k = 0: feature at the image's resolution, resize is identity
-    out, alpha, raw = ours(feat, image)
+    image, feat = _inputs(scale=1)  # k = 0: feature at the image's resolution, resize is identity
+    out, alpha, raw = ours(image, feat)
     torch.testing.assert_close(out, alpha * raw + (1 - alpha) * image, rtol=1e-12, atol=1e-14)
     # Y is a convex combination of R and X_k, so it lies between them.
     lo, hi = torch.minimum(raw, image), torch.maximum(raw, image)
@@ -274,19 +302,19 @@ def test_bn_eps_mismatch_is_reported():
 def test_fact5_blend_input_order_is_image_then_raw(backend):
     _, ours = _pair(backend=backend)
     ours.eval()
-    feat, image = _inputs()
+    image, feat = _inputs()
     w = ours.blend.blend[0].conv.weight
     with torch.no_grad():
         w[:, :3] = 0  # cut the image channels: α must not depend on the image
-    _, a1, _ = ours(feat, image)
-    _, a2, _ = ours(feat, torch.rand_like(image))
+    _, a1, _ = ours(image, feat)
+    _, a2, _ = ours(torch.rand_like(image), feat)
     torch.testing.assert_close(a2, a1, rtol=0, atol=0)
     _, ours = _pair(backend=backend)
     ours.eval()
     with torch.no_grad():
         ours.blend.blend[0].conv.weight[:, 3:] = 0  # cut the raw channels: α must not depend on F
-    _, a1, _ = ours(feat, image)
-    _, a2, _ = ours(torch.randn_like(feat), image)
+    _, a1, _ = ours(image, feat)
+    _, a2, _ = ours(image, torch.randn_like(feat))
     torch.testing.assert_close(a2, a1, rtol=0, atol=0)
-    _, a3, _ = ours(feat, torch.rand_like(image))
+    _, a3, _ = ours(torch.rand_like(image), feat)
     assert not torch.allclose(a3, a1)

@@ -309,7 +309,7 @@ def test_train_argument_errors(tmp_path, capsys):
     assert _train(["--model", "dfnet", "--data", data, "--out", out, "--size", "256", "--batch", "1"]) == 2
     assert "--batch 2 or more" in capsys.readouterr().err
     assert _train(["--model", "dfnet", "--data", data, "--out", out, "--size", "256"]) == 2
-    assert "--vgg-weights is required" in capsys.readouterr().err
+    assert "--vgg-weights: required for --model dfnet" in capsys.readouterr().err
     assert _train(["--model", "dfnet", "--data", data, "--out", out, "--size", "256",
                    "--vgg-weights", str(tmp_path / "vgg.pth")]) == 2
     assert "--vgg-weights: no file" in capsys.readouterr().err
@@ -321,10 +321,24 @@ def test_train_argument_errors(tmp_path, capsys):
     assert "'dfnet' checkpoint" in capsys.readouterr().err
 
 
+def _stale_run(out, steps=(4, 6)):
+    """The outputs of an earlier run in ``out``: checkpoints, a metrics log and a sample grid."""
+    for step in steps:
+        atomic_save({"format": ckpt_mod.CHECKPOINT_FORMAT, "task": "pic", "step": step},
+                    os.path.join(out, "checkpoints", f"step_{step:08d}.pt"))
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps({"step": s, "loss_g": 1.0}) + "\n" for s in steps)
+    os.makedirs(os.path.join(out, "samples"))
+    with open(os.path.join(out, "samples", f"step_{steps[-1]:08d}.png"), "wb") as f:
+        f.write(b"old grid")
+
+
 def test_ddp_two_processes_toy_and_pic(tmp_path):
     """One torchrun launch, 2 Gloo processes on the CPU: the toy task, then 2 PIC steps through the
-    command line's code path. Both must end with identical weights on both ranks."""
+    command line's code path, with --overwrite into the folder of an earlier run (rank 0 deletes it,
+    rank 1 waits). Both must end with identical weights on both ranks."""
     data = _write_images(tmp_path / "data", 4, 96)
+    _stale_run(str(tmp_path / "pic"))
     _torchrun([str(tmp_path / "toy"), str(tmp_path / "pic"), data], timeout=300)
 
     toy = tmp_path / "toy"
@@ -354,7 +368,167 @@ def test_ddp_two_processes_toy_and_pic(tmp_path):
         assert not torch.equal(r0[f"{d}.attn2.gamma"], init[f"{d}.attn2.gamma"])
     ck = load_checkpoint(latest_checkpoint(str(pic)))
     assert ck["world_size"] == 2 and ck["step"] == 2 and len(ck["rng"]) == 2
-    assert os.path.isfile(pic / "samples" / "step_00000002.png")  # rank 0 wrote the grids
+    assert os.listdir(pic / "samples") == ["step_00000002.png"]  # rank 0 wrote the grids; the old one is gone
+    assert [s for s, _ in list_checkpoints(str(pic))] == [2]  # the earlier run's steps 4 and 6 are gone
+    assert [json.loads(line)["step"] for line in open(pic / "metrics.jsonl")] == [2]  # logged at the last step only
+
+
+# ---------------------------------------------------------------------------------------------
+# one run per output folder
+
+
+def test_train_refuses_a_used_out_and_overwrite_replaces_the_run(tmp_path, capsys):
+    data = _write_images(tmp_path / "data", 4, 96)
+    out = str(tmp_path / "out")
+    _stale_run(out)
+    with open(os.path.join(out, "notes.txt"), "w") as f:
+        f.write("not ours")
+    argv = ["--model", "pic", "--data", data, "--out", out, "--steps", "2", "--ckpt-every", "1",
+            "--sample-every", "2", *PIC_ARGS]
+    assert _train(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out:") and "--overwrite" in err and "--resume auto" in err, err
+    assert [s for s, _ in list_checkpoints(out)] == [4, 6]  # nothing touched
+
+    with torch.random.fork_rng():
+        assert _train([*argv, "--overwrite"]) == 0
+    assert "--overwrite: deleted" in capsys.readouterr().err
+    assert [s for s, _ in list_checkpoints(out)] == [1, 2]  # not 1, 2, 4, 6
+    steps = [json.loads(line)["step"] for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert steps == [1, 2], steps  # not 4, 6, 1, 2
+    assert os.listdir(os.path.join(out, "samples")) == ["step_00000002.png"]
+    assert open(os.path.join(out, "notes.txt")).read() == "not ours"  # only the run's own outputs go
+    assert load_checkpoint(latest_checkpoint(out))["step"] == 2  # --resume auto would continue this run
+
+
+def test_clear_previous_run_deletes_on_rank_0_only_and_before_the_others_go_on(tmp_path, monkeypatch):
+    from inpaint_fast.training import run
+    from inpaint_fast.training.distributed import DistInfo
+    from inpaint_fast.training.errors import UsageError
+
+    out = str(tmp_path / "out")
+    seen = []
+
+    def broadcast(obj, info):  # stands for torch.distributed's broadcast from rank 0
+        seen.append((info.rank, os.path.exists(os.path.join(out, "metrics.jsonl"))))
+        return obj if info.is_main else None
+
+    monkeypatch.setattr(run, "broadcast_object", broadcast)
+    _stale_run(out)
+    run.clear_previous_run(out, DistInfo(rank=1, world_size=2))
+    assert [s for s, _ in list_checkpoints(out)] == [4, 6] and os.path.exists(os.path.join(out, "metrics.jsonl"))
+    run.clear_previous_run(out, DistInfo(rank=0, world_size=2))
+    assert sorted(os.listdir(out)) == []
+    assert seen == [(1, True), (0, False)]  # rank 0 had deleted everything when it released the others
+
+    # rank 0's failure reaches every rank as the same error
+    monkeypatch.setattr(run, "broadcast_object", lambda obj, info: "--overwrite: could not delete")
+    with pytest.raises(UsageError, match="--overwrite: could not delete"):
+        run.clear_previous_run(out, DistInfo(rank=1, world_size=2))
+
+
+def test_resume_auto_without_a_checkpoint_drops_a_dead_runs_metrics(tmp_path):
+    with open(tmp_path / "metrics.jsonl", "w") as f:  # a run that died before its first checkpoint
+        f.writelines(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3))
+    fresh = _toy_run(tmp_path, 2, resume="auto")
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and [r["loss"] for r in rows] == [r["loss"] for r in fresh.history]
+
+
+# ---------------------------------------------------------------------------------------------
+# warnings and defaults
+
+
+def _prepare(argv):
+    from inpaint_fast.cli import build_parser
+    from inpaint_fast.training.run import prepare
+
+    return prepare(build_parser().parse_args(["train", *argv]))
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(tmp_path, monkeypatch, capsys):
+    from inpaint_fast.training import amp
+
+    data = _write_images(tmp_path / "data", 2, 32)
+    argv = ["--model", "pic", "--data", data, "--out", str(tmp_path / "out"), "--amp", "bf16", *PIC_ARGS]
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: False)
+    _prepare(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("warning: --amp bf16:") and "slower than fp32" in lines[0], err
+    assert "avx512_bf16" in lines[0] and "--amp off" in lines[0]
+    for native in (True, None):  # native bf16, or a machine we cannot tell about: no warning
+        monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: native)
+        _prepare(argv)
+        assert "warning" not in capsys.readouterr().err, native
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: False)
+    _prepare([a if a != "bf16" else "fp16" for a in argv])
+    assert "warning" not in capsys.readouterr().err  # fp16 on CPU is another matter; not this warning
+
+
+def test_cpu_has_native_bf16_reads_the_flags(tmp_path):
+    from inpaint_fast.training.amp import cpu_has_native_bf16
+
+    x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n\nprocessor\t: 1\nflags\t\t: fpu avx512f\n"
+    (tmp_path / "plain").write_text(x86)
+    (tmp_path / "bf16").write_text(x86.replace("avx512bw", "avx512bw avx512_bf16"))
+    (tmp_path / "amx").write_text(x86.replace("avx2", "avx2 amx_bf16 amx_tile"))
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
+    got = {name: cpu_has_native_bf16(str(tmp_path / name)) for name in ("plain", "bf16", "amx", "arm", "missing")}
+    assert got == {"plain": False, "bf16": True, "amx": True, "arm": True, "missing": None}, got
+
+
+def test_default_workers_fit_the_machine(monkeypatch):
+    from inpaint_fast import cli
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cpus, expected in ((1, 0), (2, 1), (4, 3), (5, 4), (64, 4)):
+        monkeypatch.setattr(cli, "_usable_cpus", lambda cpus=cpus: cpus)
+        assert cli.default_workers() == expected, (cpus, cli.default_workers(), expected)
+    monkeypatch.setattr(cli, "_usable_cpus", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun: 8 processes share the 16 CPUs
+    assert cli.default_workers() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    args = cli.build_parser().parse_args(["train", "--model", "pic", "--data", "d", "--out", "o"])
+    assert args.workers == 4
+    monkeypatch.setattr(cli, "_usable_cpus", lambda: 2)
+    parser = cli.build_parser()
+    assert parser.parse_args(["train", "--model", "pic", "--data", "d", "--out", "o"]).workers == 1
+    help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    assert "min(4, CPUs per process - 1)" in " ".join(help_text.split()), help_text
+
+
+def test_usable_cpus_follows_the_affinity_mask(monkeypatch):
+    from inpaint_fast import cli
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no os.sched_getaffinity on this platform")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3})
+    assert cli._usable_cpus() == 2
+
+
+def test_mask_folder_that_is_mostly_hole_warns(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    data = _write_images(tmp_path / "data", 2, 32)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(3):  # DFNet-style files: white = known, a small black hole
+        a = np.full((32, 32), 255, np.uint8)
+        a[4:12, 4 + i:12 + i] = 0
+        Image.fromarray(a).save(masks / f"m{i}.png")
+    argv = ["--model", "pic", "--data", data, "--out", str(tmp_path / "out"), *PIC_ARGS, "--masks", str(masks)]
+    prepared = _prepare(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("warning: --masks:"), err
+    assert str(masks) in lines[0] and "94%" in lines[0] and "--invert-mask" in lines[0], lines[0]  # 1 - 64/1024
+    assert (1 - prepared.dataset[0]["mask"].mean().item()) > 0.9
+    prepared = _prepare([*argv, "--invert-mask"])
+    assert "warning" not in capsys.readouterr().err
+    hole = 1 - prepared.dataset[0]["mask"].mean().item()
+    assert 0.02 < hole < 0.2, hole  # read the right way round: a small hole (PIC's augmentation moves it)
 
 
 def test_dfnet_train_one_step(tmp_path):

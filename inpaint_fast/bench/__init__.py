@@ -8,8 +8,10 @@ use it. Modules, one job each:
 * :mod:`.core` — cases, providers, the correctness gate and the runner;
 * :mod:`.short_long_attention`, :mod:`.fusion_block` — each op's cases, inputs, providers and
   FLOP / byte counts;
-* :mod:`.results` — the CSV schema and its upsert; :mod:`.env` — device, versions, commit;
-* :mod:`.report` — the console table.
+* :mod:`.results` — the CSV schema and its upsert; :mod:`.env` — device, versions, commit,
+  competing processes;
+* :mod:`.destination` — which CSV a run writes (never the committed one unless asked);
+* :mod:`.report` — the console table; :mod:`.progress` — a bar on a terminal, lines in a log.
 
 The repository's ``benchmarks/`` folder holds the full per-op sweeps, the results CSV, the plots,
 the README table renderer and the pytest-benchmark micro-benchmarks, all built on this package.

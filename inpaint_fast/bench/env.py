@@ -7,10 +7,11 @@ import functools
 import os
 import platform
 import subprocess
+import time
 
 import torch
 
-__all__ = ["device_name", "environment"]
+__all__ = ["busy_cpus", "device_name", "environment"]
 
 
 def _cpu_model() -> str:
@@ -31,17 +32,24 @@ def device_name(device: torch.device) -> str:
     return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
 
 
-@functools.lru_cache(maxsize=None)
-def _commit() -> str:
-    """``git rev-parse --short HEAD`` of the checkout this package lives in, or "unknown"."""
+def _git(*args: str) -> "subprocess.CompletedProcess[str] | None":
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _commit() -> str:
+    """``git rev-parse --short HEAD`` of the checkout this package lives in, with ``-dirty`` when
+    tracked files differ from it (the numbers then belong to no commit), or "unknown"."""
+    out = _git("rev-parse", "--short", "HEAD")
+    if out is None or out.returncode != 0 or not out.stdout.strip():
         return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = status is not None and status.returncode == 0 and bool(status.stdout.strip())
+    return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def _triton_version() -> str:
@@ -62,3 +70,18 @@ def environment(device: torch.device) -> dict:
         "commit": _commit(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def busy_cpus(samples: int = 5, interval_s: float = 0.05) -> int:
+    """How many other runnable tasks share the CPUs right now: the least of a few /proc/loadavg
+    samples (a short-lived task seen once is not a competitor), minus this process; 0 where
+    /proc is unavailable."""
+    counts = []
+    for _ in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+        except (OSError, IndexError, ValueError):
+            return 0
+        time.sleep(interval_s)
+    return max(min(counts), 0)

@@ -31,7 +31,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from .core import DTYPES, OUR_BACKENDS, Case, Inputs, OpBench, Provider, Sweep, Unavailable
+from .core import DTYPES, OUR_BACKENDS, Case, Inputs, OpBench, Provider, Sweep, Unavailable, one_of
 from .providers import compiled, our_backend
 
 __all__ = ["ShortLongAttentionBench", "attention_flops"]
@@ -124,12 +124,13 @@ class ShortLongAttentionBench(OpBench):
         out = []
         for dtype in sweep.dtypes:
             if dtype not in DTYPES:
-                raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+                raise ValueError(f"--dtype: unknown dtype {dtype!r}; expected {one_of(DTYPES)}")
             for size, (Cq, C, Cp) in self._size_channels(sweep):
                 if size % 8:
-                    raise ValueError(f"attention size {size} must be a multiple of 8 (attention runs at input/8)")
+                    raise ValueError(f"--sizes: attention size {size} is not a multiple of 8 (the attention runs at "
+                                     "input/8); expected multiples of 8")
                 if min(Cq, C) < 1 or Cp < 0:
-                    raise ValueError(f"attention channels Cq={Cq}, C={C}, Cp={Cp}: need Cq, C >= 1 and Cp >= 0")
+                    raise ValueError(f"--channels: Cq={Cq}, C={C}, Cp={Cp}; expected Cq >= 1, C >= 1 and Cp >= 0")
                 H = W = size // 8
                 N = H * W
                 B = sweep.batch or max(1, bn // N)

@@ -3,6 +3,11 @@
 Conventions (shared by the whole package): an image is a float32 tensor (3, H, W) in [0, 1], RGB;
 a mask is a float32 tensor (1, H, W), 1 = known/visible, 0 = hole, fractional values allowed.
 
+Mask *files* are the other way round, as in most inpainting tools and in PIC's released masks:
+white (255) = hole, black (0) = known, grey = partly known. ``holes="black"`` reads files that
+mark the known pixels white instead (DFNet's released masks). ``binary=True`` applies PIC's rule,
+any pixel touched by a hole is a hole; otherwise grey levels are kept as soft values (DFNet).
+
 Reproducibility: every random choice of a sample (crop, flip, rotation, and its mask) comes from a
 NumPy generator built by :func:`sample_rng` from ``(seed, epoch, index)`` only. Nothing reads a
 global or per-process RNG, so a sample is the same in any process, DataLoader worker, DDP rank or
@@ -25,8 +30,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "FOLDER_MASK_READING",
     "IMAGE_EXTENSIONS",
-    "MASK_CONVENTIONS",
+    "MASK_HOLE_COLOURS",
     "RECIPES",
     "InpaintingDataset",
     "find_images",
@@ -37,13 +43,18 @@ __all__ = [
     "pil_to_tensor",
     "sample_rng",
     "save_image",
+    "save_mask",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-MASK_CONVENTIONS = ("dfnet", "pic")
+# The colour that marks holes in a mask file: "white" (the default) or "black".
+MASK_HOLE_COLOURS = ("white", "black")
 RECIPES = ("pic", "dfnet")
+# How each recipe reads a folder of mask files (pic.md §3.8, dfnet.md §3.3): PIC binarises and
+# flips/rotates/crops them, DFNet keeps grey levels soft and only resizes.
+FOLDER_MASK_READING = {"pic": {"binary": True, "augment": True}, "dfnet": {"binary": False, "augment": False}}
 
 # Independent random streams of one sample: the mask source and the image transforms draw from
 # different SeedSequences, so changing the mask spec never changes the crops and flips.
@@ -141,27 +152,41 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def mask_from_pil(img: Image.Image, convention: str = "dfnet") -> torch.Tensor:
+def check_hole_colour(holes: str, caller: str) -> str:
+    """``holes`` if it is one of :data:`MASK_HOLE_COLOURS`, else ValueError naming ``caller``."""
+    if holes not in MASK_HOLE_COLOURS:
+        raise ValueError(f"{caller}: holes must be one of {MASK_HOLE_COLOURS} (the colour of the holes in the "
+                         f"file), got {holes!r}")
+    return holes
+
+
+def known_level(holes: str) -> int:
+    """The 8-bit value of a fully known pixel in a mask file whose holes are ``holes``."""
+    return 0 if holes == "white" else 255
+
+
+def mask_from_pil(img: Image.Image, *, holes: str = "white", binary: bool = False) -> torch.Tensor:
     """An 8-bit PIL mask image → float32 (1, H, W), 1 = known.
 
-    ``convention``:
-
-    * ``"dfnet"``: greyscale value / 255, i.e. white (255) = known, black (0) = hole, and grey
-      levels kept as fractional "soft" values (DFNet's test reads the mask as greyscale and never
-      binarises it, dfnet.md §3.3). Colour files are converted with Pillow's ITU-R 601 luma.
-    * ``"pic"``: a pixel is known iff it is exactly 0 in every channel; anything non-zero is a hole
-      (PIC's external masks are black background with white holes, tested with ``== 0``,
-      pic.md §3.8). PIC tests each RGB channel separately; one channel needs one answer, so a pixel
-      that is non-zero in any channel counts as a hole. The result is binary.
+    Args:
+        holes: the colour of the holes in the file. ``"white"``: 255 = hole, 0 = known (PIC's
+            released masks and most tools); ``"black"``: 0 = hole, 255 = known (DFNet's).
+        binary: False keeps grey levels as fractional "soft" values (DFNet's test reads the mask
+            as greyscale and never binarises it, dfnet.md §3.3); colour files are converted with
+            Pillow's ITU-R 601 luma. True applies PIC's rule (pic.md §3.8): a pixel is known iff
+            it is exactly the known level (0 for white holes) in every channel, so any pixel
+            touched by a hole is a hole. PIC tests each RGB channel separately; one channel needs
+            one answer, so a pixel off the known level in any channel counts as a hole.
     """
-    if convention == "dfnet":
-        arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-        return torch.from_numpy(np.ascontiguousarray(arr))[None]
-    if convention == "pic":
+    check_hole_colour(holes, "mask_from_pil")
+    level = known_level(holes)
+    if binary:
         arr = np.asarray(img.convert("RGB"))
-        known = (arr == 0).all(axis=2).astype(np.float32)
+        known = (arr == level).all(axis=2).astype(np.float32)
         return torch.from_numpy(known)[None]
-    raise ValueError(f"mask convention must be one of {MASK_CONVENTIONS}, got {convention!r}")
+    arr = np.asarray(img.convert("L"), dtype=np.float32)
+    known = (255.0 - arr if level == 0 else arr) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(known))[None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,27 +213,26 @@ def load_image(path: PathLike, size: Optional[int] = None) -> torch.Tensor:
     return pil_to_tensor(img)
 
 
-def load_mask(path: PathLike, size: Optional[int] = None, *, convention: str = "dfnet") -> torch.Tensor:
+def load_mask(path: PathLike, size: Optional[int] = None, *, holes: str = "white",
+              binary: bool = False) -> torch.Tensor:
     """Read a mask file as float32 (1, H, W), 1 = known, 0 = hole.
 
     Args:
-        path: an image file (any mode).
-        size: if given, resize to ``size x size`` with the bilinear filter *before* the
-            convention is applied. For ``"dfnet"`` the resized mask keeps fractional values (as
-            DFNet's test does); for ``"pic"`` the threshold "exactly 0 = known" runs on the
-            resized pixels, as PIC's loader does, so the bilinear fringe of a hole becomes hole
-            too (holes grow by about a pixel).
-        convention: ``"dfnet"`` (white = known, soft) or ``"pic"`` (exactly 0 = known, binary);
-            see :func:`mask_from_pil`.
+        path: an image file (any mode); white = hole, black = known, grey = partly known, unless
+            ``holes="black"``.
+        size: if given, resize to ``size x size`` with the bilinear filter *before* the file is
+            read as a mask. Soft masks keep the fractional values (as DFNet's test does); with
+            ``binary`` the rule runs on the resized pixels, as PIC's loader does, so the bilinear
+            fringe of a hole becomes hole too (holes grow by about a pixel).
+        holes, binary: see :func:`mask_from_pil`.
     """
-    if convention not in MASK_CONVENTIONS:
-        raise ValueError(f"load_mask: convention must be one of {MASK_CONVENTIONS}, got {convention!r}")
+    check_hole_colour(holes, "load_mask")
     size = _check_size(size)
     img = open_image(path, caller="load_mask")
-    img = img.convert("RGB" if convention == "pic" else "L")
+    img = img.convert("RGB" if binary else "L")
     if size is not None:
         img = _resize(img, size)
-    return mask_from_pil(img, convention)
+    return mask_from_pil(img, holes=holes, binary=binary)
 
 
 def save_image(tensor: torch.Tensor, path: PathLike) -> None:
@@ -234,6 +258,16 @@ def save_image(tensor: torch.Tensor, path: PathLike) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     img.save(p, format=None if p.suffix else "PNG")
+
+
+def save_mask(mask: torch.Tensor, path: PathLike, *, holes: str = "white") -> None:
+    """Write a (1, H, W) mask tensor (1 = known) as a mask file that :func:`load_mask` reads back:
+    holes ``"white"`` (255 = hole, the file convention) or ``"black"``. Soft values are kept as
+    grey levels, rounded like :func:`save_image`."""
+    check_hole_colour(holes, "save_mask")
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 3 or mask.shape[0] != 1:
+        raise ValueError(f"save_mask: mask must be a (1, H, W) tensor, got {getattr(mask, 'shape', type(mask))}")
+    save_image(1.0 - mask if holes == "white" else mask, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,8 +307,10 @@ class InpaintingDataset(torch.utils.data.Dataset):
         root: folder searched recursively for ``IMAGE_EXTENSIONS`` (case-insensitive), sorted.
         size: side S of the square samples.
         masks: a spec for :func:`~inpaint_fast.data.make_mask_source` ("center", "regular",
-            "irregular", "pic", "free_form", a folder path with optional ":pic"/":dfnet"), or a
-            ready :class:`~inpaint_fast.data.MaskSource`.
+            "irregular", "pic", "free_form", or a folder of mask files, read the recipe's way:
+            :data:`FOLDER_MASK_READING`), or a ready :class:`~inpaint_fast.data.MaskSource`.
+        mask_holes: the colour of the holes in a folder's mask files, "white" (default) or
+            "black" (see :func:`mask_from_pil`).
         recipe: the training transforms (pic.md §3.8, dfnet.md §3.2):
 
             * ``"pic"``: resize to round(S·266/256) square (266 at S = 256, 532 at 512; Python's
@@ -308,6 +344,7 @@ class InpaintingDataset(torch.utils.data.Dataset):
         recipe: str = "pic",
         train: bool = True,
         seed: int = 0,
+        mask_holes: str = "white",
     ) -> None:
         # Imported here: masks.py reads files through this module's IO helpers.
         from .masks import MaskSource, make_mask_source
@@ -330,7 +367,8 @@ class InpaintingDataset(torch.utils.data.Dataset):
                 )
             self.masks = masks
         else:
-            self.masks = make_mask_source(masks, self.size, seed=self.seed)
+            self.masks = make_mask_source(masks, self.size, seed=self.seed, holes=mask_holes,
+                                          **FOLDER_MASK_READING[recipe])
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -12,7 +12,8 @@ NumPy's or torch's global RNG.
                            50/50 per sample.
 * :func:`free_form_mask`   DFNet (DeepCodebase re-release) free-form brush strokes, with a
                            hole-ratio acceptance window.
-* :class:`MaskFolder`      mask image files, one picked per sample, PIC- or DFNet-convention.
+* :class:`MaskFolder`      mask image files (white = hole), one picked per sample, binarised
+                           and augmented as PIC does, or soft and resized as DFNet does.
 
 :func:`make_mask_source` turns a spec string into a :class:`MaskSource`, whose
 ``source(index, epoch)`` seeds the generator from ``(seed, epoch, index)`` alone — the same call
@@ -38,12 +39,14 @@ from PIL import Image, ImageDraw
 
 from .images import (
     IMAGE_EXTENSIONS,
-    MASK_CONVENTIONS,
     STREAM_MASK,
     _check_size,
     _non_negative_int,
     _resize,
+    check_hole_colour,
     find_images,
+    known_level,
+    load_mask,
     mask_from_pil,
     open_image,
     sample_rng,
@@ -297,23 +300,24 @@ class MaskFolder:
 
     Args:
         root: the folder.
-        convention: ``"dfnet"`` (white = known, soft values kept) or ``"pic"`` (exactly-0 pixels
-            known, anything else a hole); see :func:`~inpaint_fast.data.load_mask`.
+        holes: the colour of the holes in the files: ``"white"`` (255 = hole, 0 = known, the
+            default) or ``"black"``; see :func:`~inpaint_fast.data.mask_from_pil`.
+        binary: PIC's rule, any pixel touched by a hole is a hole (True), or grey levels kept as
+            soft values (False, DFNet).
         augment: PIC's augmentation of external masks (pic.md §3.8): random horizontal flip
             (p = 0.5), rotation by U(−10°, 10°) with nearest sampling (the uncovered corners are
             filled with the known value), centre crop to a square of the short side, bilinear
-            resize to S; then the convention's threshold. Default: on for ``"pic"``, off for
-            ``"dfnet"`` (plain bilinear resize of the whole file to S x S, as DFNet's test).
+            resize to S; then ``binary``'s rule. False: a plain bilinear resize of the whole file
+            to S x S, as DFNet's test. :data:`~inpaint_fast.data.FOLDER_MASK_READING` lists what
+            each recipe uses.
     """
 
-    def __init__(
-        self, root: Union[str, "os.PathLike[str]"], *, convention: str = "dfnet", augment: Optional[bool] = None
-    ) -> None:
-        if convention not in MASK_CONVENTIONS:
-            raise ValueError(f"MaskFolder: convention must be one of {MASK_CONVENTIONS}, got {convention!r}")
+    def __init__(self, root: Union[str, "os.PathLike[str]"], *, holes: str = "white", binary: bool = False,
+                 augment: bool = False) -> None:
         self.root = Path(root)
-        self.convention = convention
-        self.augment = (convention == "pic") if augment is None else bool(augment)
+        self.holes = check_hole_colour(holes, "MaskFolder")
+        self.binary = bool(binary)
+        self.augment = bool(augment)
         self.paths = find_images(self.root, IMAGE_EXTENSIONS)
 
     def __len__(self) -> int:
@@ -324,28 +328,34 @@ class MaskFolder:
         ``augment`` is on)."""
         s = _size(size)
         img = open_image(self.paths[file_index], caller="MaskFolder")
-        img = img.convert("RGB" if self.convention == "pic" else "L")
+        img = img.convert("RGB" if self.binary else "L")
         if self.augment:
             if rng is None:
                 raise ValueError("MaskFolder.load: rng is required when augment is on")
             if rng.random() < 0.5:
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
             angle = float(rng.uniform(-PIC_MASK_ROTATION_DEGREES, PIC_MASK_ROTATION_DEGREES))
-            known = 0 if self.convention == "pic" else 255
+            known = known_level(self.holes)
             fill = (known,) * 3 if img.mode == "RGB" else known
             img = img.rotate(angle, resample=Image.NEAREST, expand=False, fillcolor=fill)
             w, h = img.size
             side = min(w, h)
             top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
             img = img.crop((left, top, left + side, top + side))
-        return mask_from_pil(_resize(img, s), self.convention)
+        return mask_from_pil(_resize(img, s), holes=self.holes, binary=self.binary)
+
+    def hole_fraction(self, files: int = 8) -> float:
+        """The mean hole fraction of the first ``files`` files, each read at its own size without
+        augmentation: a value near 1 usually means the files mark the other colour as hole."""
+        paths = self.paths[:max(1, files)]
+        return sum(1.0 - load_mask(p, holes=self.holes, binary=self.binary).mean().item() for p in paths) / len(paths)
 
     def __call__(self, size: int, rng: np.random.Generator) -> torch.Tensor:
         return self.load(int(rng.integers(0, len(self.paths))), size, rng)
 
     def __repr__(self) -> str:
         return (
-            f"MaskFolder({str(self.root)!r}, files={len(self)}, convention={self.convention!r}, "
+            f"MaskFolder({str(self.root)!r}, files={len(self)}, holes={self.holes!r}, binary={self.binary}, "
             f"augment={self.augment})"
         )
 
@@ -401,23 +411,30 @@ class MaskSource:
         return f"MaskSource({self.name}, size={self.size}, seed={self.seed})"
 
 
+# Folder-spec suffixes of older command lines (a per-folder file convention): refused with a pointer
+# to holes= / --invert-mask rather than taken as part of a path that does not exist.
+_RETIRED_SUFFIXES = (":pic", ":dfnet")
+
+
 def _accepted_specs() -> str:
     names = ", ".join(repr(k) for k in MASK_SPECS)
-    return f"{names}, or a folder of mask images optionally suffixed ':pic' or ':dfnet'"
+    return f"{names}, or a folder of mask images (white = hole, black = known)"
 
 
-def make_mask_source(spec, size: int, *, seed: int = 0) -> MaskSource:
+def make_mask_source(spec, size: int, *, seed: int = 0, holes: str = "white", binary: bool = False,
+                     augment: bool = False) -> MaskSource:
     """Build the :class:`MaskSource` a spec names.
 
     Args:
         spec: ``"center"``, ``"regular"``, ``"irregular"``, ``"pic"`` (regular or irregular 50/50),
             ``"free_form"`` (DFNet strokes, hole fraction in [0.1, 0.2)), or the path of a folder
-            of mask images with an optional ``":pic"`` / ``":dfnet"`` suffix choosing the file
-            convention (default ``dfnet``: white = known, soft; ``pic``: exactly 0 = known, with
-            PIC's flip/rotate/crop augmentation). Names win over folders: write ``./center`` for a
-            folder called ``center``. A callable ``g(size, rng)`` is wrapped as is.
+            of mask images (a :class:`MaskFolder`: white = hole, black = known, grey = partly
+            known). Names win over folders: write ``./center`` for a folder called ``center``.
+            A callable ``g(size, rng)`` is wrapped as is.
         size: side S of the masks.
         seed: non-negative int.
+        holes, binary, augment: how a folder's files are read (see :class:`MaskFolder`; ignored
+            for the generators).
 
     Raises ValueError for an unknown spec (listing the accepted ones) and FileNotFoundError for a
     mask folder without image files.
@@ -432,13 +449,15 @@ def make_mask_source(spec, size: int, *, seed: int = 0) -> MaskSource:
         raise TypeError(f"make_mask_source: spec must be a str, path or callable, got {type(spec).__name__}")
     if spec in MASK_SPECS:
         return MaskSource(MASK_SPECS[spec], size, seed=seed, name=spec)
-    path, convention = spec, "dfnet"
-    for conv in MASK_CONVENTIONS:
-        if spec.endswith(":" + conv):
-            path, convention = spec[: -len(conv) - 1], conv
-    if path and Path(path).is_dir():
-        folder = MaskFolder(path, convention=convention)
-        return MaskSource(folder, size, seed=seed, name=f"folder:{path}:{convention}")
+    if spec and Path(spec).is_dir():
+        folder = MaskFolder(spec, holes=holes, binary=binary, augment=augment)
+        return MaskSource(folder, size, seed=seed, name=f"folder:{spec}")
+    if spec.endswith(_RETIRED_SUFFIXES):
+        raise ValueError(
+            f"make_mask_source: {spec!r} is not a folder; a mask folder takes no ':pic'/':dfnet' suffix any more: "
+            "every mask file reads white = hole, black = known (holes='black' for files that mark known pixels "
+            "white; on the command line --invert-mask)"
+        )
     raise ValueError(
         f"make_mask_source: unknown mask spec {spec!r} (neither a known name nor an existing folder); "
         f"accepted: {_accepted_specs()}"

@@ -222,7 +222,7 @@ class DFNet(nn.Module):
                 # The fusion output leaves the network; the decoder continues from `feat` unchanged.
                 # Under autocast the fused op runs in fp32 like BatchNorm (ops/_autocast.py): the
                 # bf16/fp16 decoder feature is cast up inside, and the outputs are fp32.
-                y, a, r = getattr(self, f"fuse_{k}")(feat, image_with_holes)
+                y, a, r = getattr(self, f"fuse_{k}")(image_with_holes, feat)
                 results.append(y)
                 alphas.append(a)
                 raws.append(r)

@@ -75,8 +75,9 @@ class FusionBlock(nn.Module):
 
     Args:
         c_feat: c, the channels of the decoder feature F_k.
-        c_alpha: A, the alpha channels (DFNet's released model: 3, per colour channel; 1 would
-            broadcast one alpha over the three colours).
+        c_alpha: A, the alpha channels: 1 (the default, as in DFNet's ``FusionBlock``: one alpha
+            broadcast over the three colours) or 3 (one per colour channel: what the ``DFNet``
+            network builds its blocks with, and what its released weights hold).
         backend: backend of the fused op (``None`` = the global default).
 
     Math (dfnet.md §1.2)::
@@ -92,20 +93,24 @@ class FusionBlock(nn.Module):
     op takes one of each. The BNs must keep ``affine=True`` and ``track_running_stats=True``.
     """
 
-    def __init__(self, c_feat: int, c_alpha: int = 3, *, backend: Optional[str] = None) -> None:
+    def __init__(self, c_feat: int, c_alpha: int = 1, *, backend: Optional[str] = None) -> None:
         super().__init__()
+        if c_alpha not in (1, 3):
+            raise ValueError(f"FusionBlock: c_alpha must be 1 or 3, got {c_alpha!r}")
+        if not isinstance(c_feat, int) or c_feat < 1:
+            raise ValueError(f"FusionBlock: c_feat must be a positive int, got {c_feat!r}")
         self.c_feat = c_feat
         self.c_alpha = c_alpha
         self.backend = backend
         self.map2img = nn.Sequential(SameConv2d(c_feat, 3, 1), nn.Sigmoid())
         self.blend = _BlendBlock(c_alpha)
 
-    def forward(self, feat: Tensor, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Fuse one decoder level.
+    def forward(self, img_miss: Tensor, feat_de: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Fuse one decoder level. Image first, as DFNet's ``FusionBlock.forward(img_miss, feat_de)``.
 
         Args:
-            feat: (B, c, h, w) decoder feature F_k.
-            image: (B, 3, H, W) image with holes at full resolution (resized to h×w inside).
+            img_miss: (B, 3, H, W) image with holes at full resolution (resized to h×w inside).
+            feat_de: (B, c, h, w) decoder feature F_k.
 
         Returns:
             ``(out, alpha, raw)``: Y (B, 3, h, w), α (B, A, h, w), R (B, 3, h, w) — DFNet's order.
@@ -129,7 +134,7 @@ class FusionBlock(nn.Module):
             bn1.num_batches_tracked.add_(1)
             bn2.num_batches_tracked.add_(1)
         return inpaint_fast.fusion_block(
-            feat, image,
+            feat_de, img_miss,
             mapconv.weight, mapconv.bias,
             conv1.weight, conv1.bias,
             bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var,

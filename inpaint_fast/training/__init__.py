@@ -8,21 +8,25 @@
 * :mod:`.sampling` — a DistributedSampler that resumes mid-epoch;
 * :mod:`.amp` — autocast + GradScaler;
 * :mod:`.visuals` — sample grids;
-* :mod:`.run` — from parsed ``inpaint-fast train`` arguments to a finished run.
+* :mod:`.run` — from parsed ``inpaint-fast train`` arguments to a finished run;
+* :mod:`.errors` — :class:`UsageError`, what the command line reports as one ``error:`` line.
 """
 
 from .amp import AMP_MODES, Precision
 from .checkpoint import atomic_save, latest_checkpoint, load_checkpoint
 from .distributed import DistInfo, init_distributed, shutdown_distributed
+from .errors import MissingFileError, UsageError
 from .loop import TrainConfig, Trainer, TrainTask
 
 __all__ = [
     "AMP_MODES",
     "DistInfo",
+    "MissingFileError",
     "Precision",
     "TrainConfig",
     "TrainTask",
     "Trainer",
+    "UsageError",
     "atomic_save",
     "init_distributed",
     "latest_checkpoint",

@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from .errors import MissingFileError, UsageError
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "atomic_save",
@@ -30,10 +32,15 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "prune_checkpoints",
+    "read_torch_file",
     "restore_rng_state",
 ]
 
 CHECKPOINT_FORMAT = "inpaint_fast.train/1"
+# Why torch.load(weights_only=True) fails on a file a user passed, in words (torch's own message is
+# not passed on: see read_torch_file).
+UNREADABLE = ("torch.load cannot read it: the file is empty, damaged, not written by torch.save, or holds more "
+              "than tensors and plain containers")
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -120,6 +127,23 @@ def load_checkpoint(path: str, map_location: Any = "cpu", *, mmap: bool = False)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint: no file at {path!r}")
     return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+def read_torch_file(path: str, option: str, *, expected: str, map_location: Any = "cpu",
+                    mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` for a file the user named with ``option``.
+
+    Raises :class:`MissingFileError` when there is no file and :class:`UsageError` when torch
+    cannot read it; both messages name ``option`` and end with ``expected`` (what to pass
+    instead). torch's own message is left out on purpose: for a file that unpickles to more than
+    tensors it advises ``weights_only=False``, which would run arbitrary code from the file.
+    """
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{option}: no file at {path!r}; {expected}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:  # a damaged file fails in many ways (UnpicklingError, EOFError, RuntimeError, ...)
+        raise UsageError(f"{option}: {path!r} is not a readable checkpoint ({UNREADABLE}); {expected}") from exc
 
 
 # ---------------------------------------------------------------------------------------------

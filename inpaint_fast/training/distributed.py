@@ -22,6 +22,7 @@ import contextlib
 import copy
 import datetime
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
@@ -29,14 +30,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import UsageError
+
 __all__ = [
     "DistInfo",
     "DDPWrapper",
     "all_gather_object",
     "all_reduce_mean",
     "barrier",
+    "broadcast_object",
     "init_distributed",
     "no_sync",
+    "parse_device",
     "shutdown_distributed",
     "unused_parameters",
     "wrap_ddp",
@@ -76,6 +81,32 @@ def _env_int(name: str, default: int) -> int:
         raise RuntimeError(f"environment variable {name}={value!r} is not an integer") from exc
 
 
+_DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+
+def parse_device(text: Optional[str], option: str = "--device") -> torch.device:
+    """The device a ``--device`` value names: "cpu", "cuda" or "cuda:K"; None = cuda if available.
+
+    Raises :class:`UsageError` naming ``option`` for any other text (torch's own parser would
+    list every device type it knows), for CUDA without a usable GPU, and for a K past the last GPU.
+    """
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    match = _DEVICE.match(text.strip())
+    if match is None or (match.group(1) == "cpu" and match.group(2) is not None):
+        raise UsageError(f"{option}: expected cpu, cuda or cuda:K (K = GPU index), got {text!r}")
+    if match.group(1) == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError(f"{option}: {text!r} needs a GPU, but torch.cuda.is_available() is False (none visible, or "
+                         f"torch {torch.__version__} is a CPU-only build); use {option} cpu")
+    index = None if match.group(2) is None else int(match.group(2))
+    if index is not None and index >= torch.cuda.device_count():
+        raise UsageError(f"{option}: {text!r}, but only {torch.cuda.device_count()} GPU(s) are visible; "
+                         f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return torch.device("cuda", index) if index is not None else torch.device("cuda")
+
+
 def init_distributed(device: Optional[str] = None, *, timeout_s: float = 1800.0) -> DistInfo:
     """Start the process group when launched by torchrun, pick the device, return a :class:`DistInfo`.
 
@@ -84,17 +115,16 @@ def init_distributed(device: Optional[str] = None, *, timeout_s: float = 1800.0)
             CUDA when available, else CPU. Under torchrun with CUDA, each process takes GPU
             ``LOCAL_RANK``.
         timeout_s: collective timeout.
-    Raises RuntimeError when CUDA is requested but unavailable, or the environment is inconsistent.
+    Raises UsageError (:func:`parse_device`) for a bad or unusable device, RuntimeError when the
+    torchrun environment is inconsistent.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     if not 0 <= rank < world_size:
         raise RuntimeError(f"RANK={rank} is outside [0, WORLD_SIZE={world_size})")
-    want = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    want = parse_device(device)
     if want.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda, but torch.cuda.is_available() is False")
         if world_size > 1:
             if local_rank >= torch.cuda.device_count():
                 raise RuntimeError(f"LOCAL_RANK={local_rank}, but only {torch.cuda.device_count()} GPU(s) are visible")
@@ -102,8 +132,6 @@ def init_distributed(device: Optional[str] = None, *, timeout_s: float = 1800.0)
         elif want.index is None:
             want = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(want)
-    elif want.type != "cpu":
-        raise RuntimeError(f"--device: expected cpu or cuda[:K], got {device!r}")
     if world_size == 1:
         return DistInfo(device=want)
     backend = "nccl" if want.type == "cuda" else "gloo"
@@ -132,6 +160,16 @@ def barrier(info: DistInfo) -> None:
             dist.barrier(device_ids=[info.device.index])
         else:
             dist.barrier()
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself when not distributed). A collective: no rank
+    returns before rank 0 has called it, so it also orders work rank 0 does first."""
+    if not info.distributed:
+        return obj
+    box = [obj if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_gather_object(obj: Any, info: DistInfo) -> List[Any]:

@@ -8,6 +8,8 @@ else lives in :class:`Trainer`. Output folder layout::
     OUT/samples/step_<step>.png       sample grids (rank 0)
     OUT/checkpoints/step_<step>.pt    checkpoints (rank 0; atomic)
 
+(:data:`RUN_OUTPUTS`; :func:`remove_run_outputs` clears them for a fresh run in the same folder.)
+
 Exact resume: the data order is a function of (seed, epoch) (:class:`ResumableSampler`), each
 example's randomness a function of (seed, epoch, index) (the dataset's ``set_epoch``), and a
 checkpoint stores the position in the epoch and every rank's RNG states. The DataLoader draws
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import time
 import warnings
@@ -42,21 +45,42 @@ from .checkpoint import (
     capture_rng_state,
     checkpoint_path,
     latest_checkpoint,
-    load_checkpoint,
     prune_checkpoints,
+    read_torch_file,
     restore_rng_state,
 )
 from .distributed import DistInfo, all_gather_object, all_reduce_mean, barrier
+from .errors import MissingFileError, UsageError
 from .sampling import ResumableSampler
 from .visuals import make_grid, save_png
 
-__all__ = ["TrainConfig", "TrainTask", "Trainer", "rank_seed"]
+__all__ = ["RUN_OUTPUTS", "TrainConfig", "TrainTask", "Trainer", "rank_seed", "remove_run_outputs"]
+
+# What a run writes under its output folder (see the module docstring).
+RUN_OUTPUTS = ("checkpoints", "samples", "metrics.jsonl")
+RESUME_EXPECTED = "pass a checkpoint written by inpaint-fast train (OUT/checkpoints/step_*.pt), or --resume auto"
 
 
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of the global RNGs of ``rank`` during training (different per rank, so that e.g.
     PIC's latent samples differ between GPUs)."""
     return (int(seed) + 1_000_003 * int(rank)) % (2**63 - 1)
+
+
+def remove_run_outputs(out_dir: str) -> List[str]:
+    """Delete the :data:`RUN_OUTPUTS` of a previous run in ``out_dir`` (other files stay); returns
+    the paths removed. Call it on one process only: two processes deleting one tree race."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+        else:
+            continue
+        removed.append(path)
+    return removed
 
 
 def _seed_everything(seed: int) -> None:
@@ -167,9 +191,9 @@ class Trainer:
                                         shuffle=True, seed=config.seed, drop_last=True)
         self.batches_per_epoch = self.sampler.full_length() // config.batch_size
         if self.batches_per_epoch < 1:
-            raise ValueError(
-                f"data: {len(dataset)} example(s) give no full batch of {config.batch_size} per process "
-                f"on {self.info.world_size} process(es); add images or lower --batch")
+            raise UsageError(
+                f"--batch: {len(dataset)} example(s) give no full batch of {config.batch_size} per process "
+                f"on {self.info.world_size} process(es); add images to --data or lower --batch")
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -231,20 +255,21 @@ class Trainer:
                 print(f"resume auto: no checkpoint under {self.config.out_dir}, starting fresh", file=sys.stderr)
             return path
         if not os.path.isfile(resume):
-            raise FileNotFoundError(f"--resume: no checkpoint file at {resume!r}")
+            raise MissingFileError(f"--resume: no checkpoint file at {resume!r}; {RESUME_EXPECTED}")
         return resume
 
     def load_checkpoint(self, path: str) -> None:
         """Restore networks, optimizers, scaler, position and RNG states from ``path``."""
-        ckpt = load_checkpoint(path, map_location="cpu")
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"--resume: {path} is not an inpaint-fast training checkpoint")
+        ckpt = read_torch_file(path, "--resume", expected=RESUME_EXPECTED)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise UsageError(f"--resume: {path} is not an inpaint-fast training checkpoint; {RESUME_EXPECTED}")
         if ckpt.get("task") != self.task.name:
-            raise ValueError(f"--resume: {path} is a {ckpt.get('task')!r} checkpoint, "
-                             f"this run trains {self.task.name!r}")
+            raise UsageError(f"--resume: {path} is a {ckpt.get('task')!r} checkpoint, "
+                             f"this run trains {self.task.name!r}; resume a checkpoint of the same model")
         modules = self.task.modules()
         if set(ckpt["modules"]) != set(modules):
-            raise ValueError(f"--resume: {path} holds networks {sorted(ckpt['modules'])}, expected {sorted(modules)}")
+            raise UsageError(f"--resume: {path} holds networks {sorted(ckpt['modules'])}, expected {sorted(modules)}; "
+                             "resume a checkpoint of the same model")
         for name, module in modules.items():
             module.load_state_dict(ckpt["modules"][name])
         for name, opt in self.task.optimizers().items():
@@ -274,7 +299,8 @@ class Trainer:
         return os.path.join(self.config.out_dir, "metrics.jsonl")
 
     def _trim_metrics(self) -> None:
-        """On resume, drop logged rows past the checkpoint's step (they will be logged again)."""
+        """On resume, drop logged rows past the checkpoint's step (they will be logged again); a
+        resume that finds no checkpoint starts at step 0 and so drops every row."""
         path = self._metrics_path()
         if not (self.info.is_main and os.path.isfile(path)):
             return
@@ -321,10 +347,11 @@ class Trainer:
         resume = self._resolve_resume()
         if resume:
             self.load_checkpoint(resume)
-            self._trim_metrics()
             if info.is_main:
                 print(f"resumed from {resume} at step {self.step} (epoch {self.epoch}, batch {self.position})",
                       file=sys.stderr)
+        if cfg.resume:  # also when "auto" found nothing: rows of a run that died before its first checkpoint
+            self._trim_metrics()
         visual = self._visual_batch()
         self.task.train(True)
         last: Dict[str, float] = {}

@@ -1,0 +1,348 @@
+"""``inpaint-fast bench``: where results are written (never the committed CSV unless asked), the
+busy-CPU refusal, plain progress lines off a terminal, and one-line argument errors."""
+
+import hashlib
+import importlib.util
+import io
+import os
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from inpaint_fast import cli
+from inpaint_fast.bench.core import Result
+from inpaint_fast.bench.destination import choose_destination, is_committed_csv, with_default_destination
+from inpaint_fast.bench.progress import CaseLines, progress
+from inpaint_fast.bench.report import format_case_line
+from inpaint_fast.bench.results import read_rows
+from inpaint_fast.bench.timing import Timing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMITTED = os.path.join("benchmarks", "results", "benchmarks.csv")
+# One case per op: attention at N = 16 (32² input), fusion block level 0 of a 32² image.
+TINY = ["--device", "cpu", "--sizes", "32", "--levels", "0", "--batch", "1", "--min-run-time", "0.005",
+        "--providers", "reference"]  # fmt: skip
+ONE = ["bench", "--op", "attention", "--mode", "fwd", "--quick", *TINY]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def busy(monkeypatch):
+    """Set how many other processes the bench sees (0 by default: the test machine is shared, so
+    its real load must not decide what the tests check)."""
+
+    def set_busy(n: int) -> None:
+        monkeypatch.setattr(cli, "_busy_cpus", lambda: n)
+
+    set_busy(0)
+    return set_busy
+
+
+@pytest.fixture
+def repo_copy(tmp_path, monkeypatch, busy):
+    """A copy of the repository's layout (package marker, committed results CSV) as the current
+    directory; returns its root."""
+    root = tmp_path / "repo"
+    (root / "inpaint_fast").mkdir(parents=True)
+    (root / "inpaint_fast" / "__init__.py").write_text("")
+    (root / "benchmarks" / "results").mkdir(parents=True)
+    shutil.copyfile(os.path.join(REPO, COMMITTED), root / COMMITTED)
+    monkeypatch.chdir(root)
+    return root
+
+
+def _digest(path) -> str:
+    """sha256 of a file and its row count: what a failed byte-identity check prints."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return f"{hashlib.sha256(data).hexdigest()[:16]} ({len(data.splitlines())} lines)"
+
+
+def _make_bench_argv():
+    """The arguments ``make bench`` passes to ``inpaint-fast`` (the Makefile's bench recipe)."""
+    with open(os.path.join(REPO, "Makefile")) as f:
+        lines = f.read().splitlines()
+    recipe = lines[lines.index("bench: install") + 1]
+    words = shlex.split(recipe)
+    return words[next(i for i, w in enumerate(words) if w.endswith("/inpaint-fast")) + 1 :]
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# where results go
+
+
+def test_make_bench_leaves_the_committed_csv_alone(repo_copy, busy, capsys):
+    """``make bench`` from the repository root, even after its own busy-CPU warning: the tracked CSV
+    stays byte-identical, the results land in bench-results/benchmarks.csv, and it says so."""
+    argv = _make_bench_argv()
+    assert argv[0] == "bench" and "--save" not in argv and "--csv" not in argv, argv
+    before = _digest(repo_copy / COMMITTED)
+    busy(3)
+    rc = cli.main([*argv, *TINY])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "3 other process(es) are running" in captured.err
+    assert _digest(repo_copy / COMMITTED) == before
+    written = repo_copy / "bench-results" / "benchmarks.csv"
+    rows = read_rows(str(written))
+    print(captured.out)
+    assert {r["kernel"] for r in rows} == {"short_long_attention", "fusion_block"}, len(rows)
+    assert all("3 other processes were running" in r["note"] for r in rows)
+    assert f"results upserted into {os.path.join('bench-results', 'benchmarks.csv')} ({len(rows)} rows)" in captured.out
+
+
+def test_bench_results_are_git_ignored_and_the_committed_csv_is_not():
+    if shutil.which("git") is None or not os.path.isdir(os.path.join(REPO, ".git")):
+        pytest.skip("needs git and the repository's checkout")
+
+    def ignored(path):
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode == 0
+
+    assert ignored(cli.DEFAULT_CSV) and ignored(os.path.join("benchmarks", cli.DEFAULT_CSV))
+    assert not ignored(cli.COMMITTED_CSV)
+
+
+def test_save_writes_the_committed_csv_of_a_quiet_machine(repo_copy, capsys):
+    before = read_rows(str(repo_copy / COMMITTED))
+    assert cli.main([*ONE, "--save"]) == 0
+    out = capsys.readouterr().out
+    after = read_rows(str(repo_copy / COMMITTED))
+    new = [r for r in after if r["kernel"] == "short_long_attention" and r["shape"] == "B1-C128-Cq32-Cp128-N16"]
+    print(out)
+    assert {r["metric"] for r in new} >= {"ms", "peak_mb"} and all(r["status"] == "ok" for r in new)
+    assert len(after) == len(before) + len(new), (len(before), len(new), len(after))
+    assert f"results upserted into {COMMITTED}" in out
+    assert not (repo_copy / "bench-results").exists()
+
+
+@pytest.mark.parametrize("flag", [["--save"], ["--csv", COMMITTED], ["--csv", "elsewhere"]])
+def test_noisy_timings_never_replace_the_committed_rows(repo_copy, busy, capsys, flag):
+    """While other processes load the CPUs, a write into the committed CSV (by --save, or by a
+    --csv naming it, also through a symlink) is refused before anything runs."""
+    (repo_copy.parent / "elsewhere").symlink_to(repo_copy / COMMITTED)
+    if flag[-1] == "elsewhere":
+        flag = ["--csv", str(repo_copy.parent / "elsewhere")]
+    before = _digest(repo_copy / COMMITTED)
+    busy(2)
+    assert cli.main([*ONE, *flag]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    print(captured.err)
+    assert len(err) == 2 and err[0].startswith("warning: 2 other process(es)")
+    assert err[1].startswith(f"error: {flag[0]}: 2 other process(es)") and "--force" in err[1]
+    assert "implementation" not in captured.out  # nothing was timed
+    assert _digest(repo_copy / COMMITTED) == before
+
+
+def test_force_writes_noisy_timings_with_their_caveat(repo_copy, busy, capsys):
+    busy(2)
+    assert cli.main([*ONE, "--save", "--force"]) == 0
+    rows = [r for r in read_rows(str(repo_copy / COMMITTED)) if r["shape"] == "B1-C128-Cq32-Cp128-N16"]
+    assert rows and all("2 other processes were running" in r["note"] for r in rows), rows
+
+
+def test_save_outside_the_repository_root_is_an_error(tmp_path, monkeypatch, busy, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*ONE, "--save"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --save:") and "--csv PATH" in err[0], err
+    assert captured.out == "" and os.listdir(tmp_path) == []
+
+
+def test_no_csv_writes_nothing(repo_copy, capsys):
+    before = _digest(repo_copy / COMMITTED)
+    assert cli.main([*ONE, "--no-csv"]) == 0
+    assert "upserted" not in capsys.readouterr().out
+    assert sorted(os.listdir(repo_copy)) == ["benchmarks", "inpaint_fast"]
+    assert _digest(repo_copy / COMMITTED) == before
+
+
+def test_destination_choice(repo_copy):
+    assert choose_destination(False, None, True) is None
+    default = choose_destination(False, None, False)
+    assert (default.path, default.option, default.committed) == (cli.DEFAULT_CSV, "default", False)
+    saved = choose_destination(True, None, False)
+    assert (saved.path, saved.committed) == (COMMITTED, True)
+    assert choose_destination(False, "./benchmarks/../benchmarks/results/benchmarks.csv", False).committed
+    assert not choose_destination(False, "benchmarks/results/other.csv", False).committed
+    with pytest.raises(ValueError, match=r"^--csv: not allowed with --save"):
+        choose_destination(True, "x.csv", False)
+    with pytest.raises(ValueError, match=r"^--csv: not allowed with --no-csv"):
+        choose_destination(False, "x.csv", True)
+
+
+@pytest.mark.parametrize("script", ["bench_short_long_attention", "bench_fusion_block"])
+def test_sweep_scripts_write_the_committed_csv_explicitly(script, tmp_path, monkeypatch, busy, capsys):
+    module = _load_script(script)
+    assert module.RESULTS_CSV == os.path.join(REPO, COMMITTED) and is_committed_csv(module.RESULTS_CSV)
+    argv = module.bench_argv(["--sizes", "32"])
+    assert argv[argv.index("--csv") + 1] == module.RESULTS_CSV, argv
+    assert "--csv" not in module.bench_argv(["--no-csv"])
+    assert module.bench_argv(["--csv=mine.csv"]).count("--csv") == 0
+    assert module.bench_argv(["--csv", "mine.csv"]).count("--csv") == 1
+    # ... and so fall under the busy-CPU refusal (shown on a copy: the real file is never at risk).
+    copy = tmp_path / "repo"
+    (copy / "inpaint_fast").mkdir(parents=True)
+    (copy / "inpaint_fast" / "__init__.py").write_text("")
+    (copy / "benchmarks" / "results").mkdir(parents=True)
+    (copy / COMMITTED).write_text("kernel\n")
+    monkeypatch.setattr(module, "RESULTS_CSV", str(copy / COMMITTED))
+    busy(1)
+    assert cli.main(module.bench_argv([*TINY, "--quick"])) == 2
+    assert "error: --csv: 1 other process(es)" in capsys.readouterr().err
+    assert (copy / COMMITTED).read_text() == "kernel\n"
+
+
+def test_with_default_destination_keeps_an_explicit_choice():
+    assert with_default_destination(["--quick"], "r.csv") == ["--csv", "r.csv", "--quick"]
+    for given in (["--save"], ["--no-csv"], ["--csv", "x.csv"], ["--csv=x.csv"]):
+        assert with_default_destination(given, "r.csv") == given
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+
+
+LINE = re.compile(r"^\[(\d+)/(\d+)\] (\S+) (\S+) (fp32) (\S+): reference (\d+(?:\.\d+)?) ms$")
+
+
+def test_progress_is_plain_lines_when_not_on_a_terminal(repo_copy, capsys):
+    """capsys's streams are not terminals: one numbered line per (case, mode), no tqdm bar."""
+    assert cli.main(["bench", "--quick", *TINY, "--no-csv"]) == 0
+    captured = capsys.readouterr()
+    print(captured.out)
+    lines = [m.groups() for m in map(LINE.match, captured.out.splitlines()) if m]
+    assert [(int(i), int(n)) for i, n, *_ in lines] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [(k, mode, shape) for _, _, k, mode, _, shape, _ in lines] == [
+        ("short_long_attention", "fwd", "B1-C128-Cq32-Cp128-N16"),
+        ("short_long_attention", "fwd+bwd", "B1-C128-Cq32-Cp128-N16"),
+        ("fusion_block", "eval-fwd", "B1-k0-c4-32x32-img32"),
+        ("fusion_block", "train-fwd+bwd", "B1-k0-c4-32x32-img32"),
+    ]
+    assert captured.out.index("[4/4]") < captured.out.index("implementation")  # progress, then the table
+    assert "\r" not in captured.err and "run/s" not in captured.err and "bench:" not in captured.err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal(repo_copy, monkeypatch):
+    out, err = _Terminal(), _Terminal()
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.setattr("sys.stderr", err)
+    assert cli.main([*ONE, "--no-csv"]) == 0
+    assert not any(LINE.match(line) for line in out.getvalue().splitlines()), out.getvalue()
+    assert "bench" in err.getvalue() and "\r" in err.getvalue(), err.getvalue()
+
+
+def test_progress_chooses_lines_unless_both_streams_are_terminals():
+    for stdout, stderr in ((io.StringIO(), _Terminal()), (_Terminal(), io.StringIO())):
+        with progress(3, 1, stdout, stderr) as (bar, on_case):
+            assert bar is None and isinstance(on_case, CaseLines)
+    with progress(3, 1, _Terminal(), _Terminal()) as (bar, on_case):
+        assert on_case is None and hasattr(bar, "update")
+
+
+class _Recorder:
+    def __init__(self):
+        self.events = []
+
+    def write(self, text):
+        self.events.append(("write", text))
+
+    def flush(self):
+        self.events.append(("flush", None))
+
+
+def _result(provider, mode, ms=None, status="ok"):
+    timing = None if ms is None else Timing(ms * 0.9, ms, ms * 1.1)
+    return Result("short_long_attention", provider, mode, "fp32", "B1-N16", status, timing=timing)
+
+
+def test_case_lines_are_flushed_one_per_mode_with_every_provider():
+    stream = _Recorder()
+    lines = CaseLines(4, stream)
+    lines([_result("reference", "fwd", 9.2), _result("reference", "bwd", 20.0),
+           _result("cpu", "fwd", 4.2), _result("cpu", "bwd", status="wrong")])  # fmt: skip
+    text = "".join(t for kind, t in stream.events if kind == "write")
+    assert text.splitlines() == [
+        "[1/4] short_long_attention fwd fp32 B1-N16: reference 9.20 ms, cpu 4.20 ms",
+        "[2/4] short_long_attention bwd fp32 B1-N16: reference 20.0 ms, cpu wrong",
+    ], text
+    assert stream.events[-1] == ("flush", None)
+    assert sum(kind == "flush" for kind, _ in stream.events) >= 2
+    unverified = format_case_line([_result("cpu", "fwd", 1.5, status="unverified")])
+    assert unverified.endswith("cpu 1.50 ms (unverified)")
+
+
+# ---------------------------------------------------------------------------------------------
+# argument errors
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--op", "bogus"], "error: --op: unknown op 'bogus'; expected attention, fusion_block or all"),
+        (["--providers", "nope"], "error: --providers: 'nope': unknown provider; expected reference, cpu, triton, "
+                                  "cuda, auto, compile, sdpa or flex"),
+        (["--op", "fusion_block", "--providers", "sdpa"], "error: --providers: 'sdpa': unknown provider of "
+                                                          "fusion_block; expected reference, cpu, triton, cuda, "
+                                                          "auto or compile"),
+        (["--dtype", "fp8"], "error: --dtype: unknown dtype 'fp8'; expected fp32, bf16, fp16 or fp64"),
+        (["--mode", "sideways"], "error: --mode: unknown mode 'sideways'; expected fwd, bwd or fwd+bwd, "
+                                 "optionally prefixed eval- or train-"),
+        (["--channels", "32:128"], "error: --channels: expected Cq:C:Cp with non-negative integers, got '32:128'"),
+        (["--op", "attention", "--channels", "0:128:0"], "error: --channels: Cq=0, C=128, Cp=0; expected Cq >= 1, "
+                                                         "C >= 1 and Cp >= 0"),
+        (["--levels", "9"], "error: --levels: fusion block level 9 is out of range; expected 0..5"),
+        (["--levels", "one"], "error: --levels: expected integers >= 0, got 'one'"),
+        (["--sizes", "30"], "error: --sizes: attention size 30 is not a multiple of 8 (the attention runs at "
+                            "input/8); expected multiples of 8"),
+        (["--sizes", "-8"], "error: --sizes: expected integers >= 1, got '-8'"),
+        (["--batch", "0"], "error: --batch: expected an integer >= 1, got 0"),
+        (["--min-run-time", "0"], "error: --min-run-time: expected a positive number of seconds, got 0.0"),
+        (["--save", "--csv", "x.csv"], "error: --csv: not allowed with --save; expected one of --csv, --save, "
+                                       "--no-csv (they choose where results go)"),
+    ],
+)
+def test_bad_arguments_are_one_line_naming_the_option(args, message, capsys):
+    rc = cli.main(["bench", "--device", "cpu", *args])
+    captured = capsys.readouterr()
+    assert (rc, captured.err.splitlines(), captured.out) == (2, [message], "")
+
+
+def test_cuda_without_a_gpu_is_one_line(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = cli.main(["bench", "--device", "cuda", "--no-csv"])
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert (rc, len(err), captured.out) == (2, 1, ""), captured.err
+    assert err[0].startswith("error: --device: cuda is not available here") and err[0].endswith("expected cpu")
+
+
+@pytest.mark.parametrize("args, start", [(["--batch", "x"], "error: argument --batch: invalid int value: 'x'"),
+                                         (["--device", "tpu"], "error: argument --device: invalid choice: 'tpu'"),
+                                         (["--min-run-time", "fast"], "error: argument --min-run-time:")])
+def test_malformed_values_are_one_line_too(args, start, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", *args])
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert (exit_.value.code, len(err), captured.out) == (2, 1, ""), captured.err
+    assert err[0].startswith(start), err
