@@ -14,7 +14,7 @@ installed CLI has them too); in short:
 * General channel sweep (full runs, at S = 512, N = 4 096): (Cq, C, Cp) = (16, 64, 64),
   (48, 192, 96), (64, 256, 256) and (32, 128, 0) — PIC's discriminator mode, no pre.
   ``--channels 32:128:128 16:64:0`` runs given triples at every size instead.
-* FLOPs (matmuls only, kernels.md §3.1), reported as TFLOP/s:
+* FLOPs (matmuls only, docs/short_long_attention.md#cost), reported as TFLOP/s:
       fwd      2·B·N²·(Cq + C + Cp)
       bwd      2·B·N²·(3·Cq + 2·(C + Cp))
       fwd+bwd  the sum

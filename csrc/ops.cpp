@@ -21,7 +21,7 @@ namespace {
 // CUDA dispatch keys of `<op>_fwd`) and the Triton kernels (`triton_<op>_fwd`, registered from
 // Python). Triton needs its own op names because it serves the same dispatch key as CUDA C++.
 
-// ---- short+long-range attention (PIC's Auto_Attn core), DESIGN.md §1.1 ------------------------
+// ---- short+long-range attention (PIC's Auto_Attn core), docs/short_long_attention.md ------------------------
 // q (B,Cq,H,W), x (B,C,H,W), gamma: 1 element, pre (B,Cp,H,W)?, mask (B,1,H,W)?, alpha: 1 element?
 // y (B,C,H,W) = gamma * sa + x;   cf (B,Cp,H,W) = alpha*(1-mask)*ca + mask*pre   [(0,) without pre]
 // sa = x A^T and ca = pre A^T are the un-gated attention outputs (saved for the backward, since
@@ -36,7 +36,7 @@ constexpr const char* kShortLongAttentionBwd =
     "Tensor? alpha, Tensor sa, Tensor ca, Tensor lse, float scale) -> (Tensor grad_q, Tensor grad_x, "
     "Tensor grad_gamma, Tensor grad_pre, Tensor grad_mask, Tensor grad_alpha)";
 
-// ---- fusion block (DFNet), DESIGN.md §1.2 -----------------------------------------------------
+// ---- fusion block (DFNet), docs/fusion_block.md -----------------------------------------------------
 // feat (B,c,h,w); image (B,3,H,W) full resolution, resized to (h,w) inside (bilinear,
 // align_corners=False). Weights: map (3,c,1,1),(3); conv1 (Cm,6,1,1),(Cm); bn1 (Cm) x4;
 // conv2 (A,Cm,3,3),(A); bn2 (A) x4; conv3 (A,A,1,1),(A). A = c_alpha (1 or 3), Cm = 32 in DFNet.

@@ -36,7 +36,9 @@ __all__ = [
     "use_backend",
 ]
 
-BACKENDS: Tuple[str, ...] = ("auto", "reference", "cpu", "triton", "cuda")
+# The backends that run this package's own kernels (what benchmarks compare with the reference).
+KERNEL_BACKENDS: Tuple[str, ...] = ("cpu", "triton", "cuda")
+BACKENDS: Tuple[str, ...] = ("auto", "reference") + KERNEL_BACKENDS
 ENV_VAR = "INPAINT_FAST_BACKEND"
 
 # What "auto" tries, in order, per device type. Only measured winners go first (see module doc).

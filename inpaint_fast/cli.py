@@ -470,7 +470,7 @@ def run_inpaint(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # entry point
 
-# name -> (add the subparser, run it) (DESIGN.md §3).
+# name -> (add the subparser, run it).
 COMMANDS: Dict[str, Tuple[Callable, Callable]] = {
     "bench": (add_bench_parser, run_bench),
     "train": (add_train_parser, run_train),

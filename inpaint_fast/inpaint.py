@@ -12,7 +12,7 @@ Checkpoints accepted:
   ``<iter>_net_E.pth`` + ``<iter>_net_G.pth`` (``--pic-E``, ``--pic-G``).
 * DFNet: one written by ``inpaint-fast train --model dfnet``, or an official state dict
   (``model_places2.pth``, ``model_celeba.pth``). The official checkpoints were trained and run on
-  **BGR** images (dfnet.md §0): pass ``--bgr`` with them. The CelebA one works at 256 (``--size 256``).
+  **BGR** images (docs/dfnet.md#conventions): pass ``--bgr`` with them. The CelebA one works at 256 (``--size 256``).
 
 Mask files: white (255) = hole, black (0) = known, grey = partly known, for both models; PIC
 treats any pixel touched by a hole as a hole, DFNet blends grey as a soft value. ``--invert-mask``
@@ -197,7 +197,7 @@ def inpaint_pic(net, image: torch.Tensor, mask: torch.Tensor, *, size: int = 256
 @torch.no_grad()
 def inpaint_dfnet(net, image: torch.Tensor, mask: torch.Tensor, *, size: int = 512, bgr: bool = False
                   ) -> Dict[str, torch.Tensor]:
-    """DFNet's completion of one image at its own resolution (dfnet.md §3.3).
+    """DFNet's completion of one image at its own resolution (docs/dfnet.md#inference).
 
     Args:
         image: (1, 3, H, W) RGB in [0, 1]; mask: (1, 1, H, W), 1 = known (soft values blend).

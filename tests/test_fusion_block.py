@@ -8,15 +8,11 @@ import torch.nn.functional as F
 
 import inpaint_fast
 from inpaint_fast import reference
+from inpaint_fast.ops.fusion_block import PARAM_NAMES, RUNNING_STATS
 from conftest import CPU_BACKENDS, INTERPRETED, assert_close_to_oracle, skip_outside_envelope
 
 ALL_BACKENDS = ["reference"] + CPU_BACKENDS
-PARAM_NAMES = [
-    "map_weight", "map_bias", "conv1_weight", "conv1_bias", "bn1_weight", "bn1_bias", "bn1_running_mean",
-    "bn1_running_var", "conv2_weight", "conv2_bias", "bn2_weight", "bn2_bias", "bn2_running_mean",
-    "bn2_running_var", "conv3_weight", "conv3_bias",
-]  # fmt: skip
-BUFFERS = {"bn1_running_mean", "bn1_running_var", "bn2_running_mean", "bn2_running_var"}
+BUFFERS = set(RUNNING_STATS)
 
 # (B, c, h, w, H, W, A): DFNet's fuse_0 (identity resize) and deeper levels (2x, 4x), a non-integer
 # ratio, odd sizes, c not a power of two, c_alpha = 1 and 3.
@@ -191,10 +187,10 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-# ---- test-worthy facts of DFNet's block (dfnet.md §5) -----------------------------------------
+# ---- properties of DFNet's block (docs/fusion_block.md#properties-the-tests-check) ---------------
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_alpha_extremes(backend):
-    """dfnet.md §5.2: α → 0 gives Y = resized image; α → 1 gives Y = R; Y lies between them."""
+    """Property 2: α → 0 gives Y = resized image; α → 1 gives Y = R; Y lies between them."""
     feat, image, params = sample_inputs((2, 5, 6, 7, 12, 14, 3), torch.float64)
     resized = F.interpolate(image, size=(6, 7), mode="bilinear", align_corners=False)
     for bias, expect_raw in ((-1e4, False), (1e4, True)):
@@ -210,7 +206,7 @@ def test_alpha_extremes(backend):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_full_resolution_resize_is_identity(backend):
-    """dfnet.md §5.3: at level 0 the resize is the identity, so Y = αR + (1 − α)X exactly."""
+    """Property 3: at level 0 the resize is the identity, so Y = αR + (1 − α)X exactly."""
     feat, image, params = sample_inputs((2, 4, 8, 8, 8, 8, 3), torch.float64)
     out, alpha, raw = inpaint_fast.fusion_block(feat, image, *[params[k] for k in PARAM_NAMES], False, backend=backend)
     torch.testing.assert_close(out, alpha * raw + (1 - alpha) * image, rtol=0, atol=1e-14)
@@ -218,7 +214,7 @@ def test_full_resolution_resize_is_identity(backend):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_halving_resize_is_average_pooling(backend):
-    """dfnet.md §5.4: bilinear ×1/2 (align_corners=False) is avg_pool2d(2): with α → 0, Y = pooled image."""
+    """Property 4: bilinear ×1/2 (align_corners=False) is avg_pool2d(2): with α → 0, Y = pooled image."""
     feat, image, params = sample_inputs((1, 4, 5, 6, 10, 12, 3), torch.float64)
     p = dict(params, conv3_weight=torch.zeros_like(params["conv3_weight"]),
              conv3_bias=torch.full_like(params["conv3_bias"], -1e4))  # fmt: skip
@@ -242,7 +238,7 @@ def test_running_stats_follow_batchnorm(backend):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_eval_is_batch_independent(backend):
-    """dfnet.md §4: eval output of one sample does not depend on the rest of the batch."""
+    """Property 6: eval output of one sample does not depend on the rest of the batch."""
     feat, image, params = sample_inputs((3, 5, 6, 7, 12, 14, 3), torch.float64)
     values = [params[k] for k in PARAM_NAMES]
     full = inpaint_fast.fusion_block(feat, image, *values, False, backend=backend)

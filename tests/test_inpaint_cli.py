@@ -186,7 +186,7 @@ def test_inpaint_errors(tmp_path, pic_checkpoint, capsys):
     assert cli.main(["inpaint", "--model", "pic", *base]) == 2
     assert "--pic-E" in capsys.readouterr().err
     assert cli.main(["inpaint", "--model", "pic", "--checkpoint", pic_checkpoint, "--size", "100", *base]) == 2
-    assert "multiple of 32" in capsys.readouterr().err
+    assert "multiples of 32" in capsys.readouterr().err
     assert cli.main(["inpaint", "--model", "pic", "--checkpoint", str(tmp_path / "none.pt"), *base]) == 2
     assert "--checkpoint: no file" in capsys.readouterr().err
     assert cli.main(["inpaint", "--model", "pic", "--checkpoint", pic_checkpoint, "--image", str(tmp_path / "x.png"),

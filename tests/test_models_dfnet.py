@@ -1,7 +1,7 @@
 """DFNet as a complete network (inpaint_fast.models.dfnet), its loss and VGG16 features.
 
 Expected structure, keys and shapes are rebuilt here from the rules in
-shared/reference/dfnet.md §2 (tables of §2.2/§2.3, key rules of §2.5, counts of §1.4), not read
+docs/dfnet.md (#encoder, #decoder, #state-dict-keys-and-counts; counts: docs/fusion_block.md#sizes-in-dfnet), not read
 back from the module. DFNet needs sides that are multiples of 256; loss tests run at 32×32 (the
 loss itself accepts any pyramid), where hand values are easy.
 """
@@ -34,15 +34,16 @@ NETWORK_BACKENDS = [b for b in ("cpu",) if b in FUSION_BACKENDS]
 
 
 # ---------------------------------------------------------------------------------------------
-# The spec, re-stated (dfnet.md §2)
+# The spec, re-stated (docs/dfnet.md)
 # ---------------------------------------------------------------------------------------------
-# §2.2: (kernel, in, out) of en_0..en_7; only en_0 lacks BN.
+# docs/dfnet.md#encoder: (kernel, in, out) of en_0..en_7; only en_0 lacks BN.
 ENCODER = [(7, 4, 64), (5, 64, 128), (5, 128, 256), (3, 256, 512), (3, 512, 512), (3, 512, 512),
            (3, 512, 512), (3, 512, 512)]  # fmt: skip
-# §2.3: conv in → out of de_k, k = 0..7 (de_0 full resolution, 68 → 4).
+# docs/dfnet.md#decoder: conv in → out of de_k, k = 0..7 (de_0 full resolution, 68 → 4).
 DECODER = {7: (1024, 512), 6: (1024, 512), 5: (1024, 512), 4: (1024, 512), 3: (768, 256), 2: (384, 128),
            1: (192, 64), 0: (68, 4)}  # fmt: skip
-# §2.4 / §1.4: feature channels and parameter count of fuse_0..fuse_5.
+# Feature channels and parameter count of fuse_0..fuse_5 (docs/dfnet.md#fusion-blocks-in-the-network,
+# docs/fusion_block.md#sizes-in-dfnet).
 FUSE_CHANNELS = [4, 64, 128, 256, 512, 512]
 FUSE_PARAMS = [1188, 1368, 1560, 1944, 2712, 2712]
 TOTAL_PARAMS = 32_880_504
@@ -165,11 +166,12 @@ def test_output_shapes_and_convex_blend(net, b, h, w):
         shape = (b, 3, h >> k, w >> k)
         assert y.shape == a.shape == r.shape == shape
         assert 0 < a.min() and a.max() < 1 and 0 <= r.min() and r.max() <= 1
-        # Y is the element-wise convex combination of R and the resized input (§5 fact 2).
+        # Y is the element-wise convex combination of R and the resized input (property 2,
+        # docs/fusion_block.md#properties-the-tests-check).
         x_k = F.interpolate(x, size=shape[2:], mode="bilinear", align_corners=False)
         lo, hi = torch.minimum(r, x_k), torch.maximum(r, x_k)
         assert (y >= lo - 1e-6).all() and (y <= hi + 1e-6).all()
-    # §5 fact 3: at full resolution the blend is exact in the un-resized X.
+    # Property 3: at full resolution the blend is exact in the un-resized X.
     torch.testing.assert_close(results[0], alphas[0] * raws[0] + (1 - alphas[0]) * x, rtol=0, atol=1e-6)
 
 
@@ -224,7 +226,8 @@ def _with_alpha_bias(model, value):
 
 
 def _functional_dfnet(sd, x, mask):
-    """DFNet's eval forward re-stated from dfnet.md §1-§2 with plain functionals on a state dict."""
+    """DFNet's eval forward re-stated (docs/fusion_block.md#forward, docs/dfnet.md) with plain
+    functionals on a state dict."""
 
     def bn(t, p):
         return F.batch_norm(t, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"])
@@ -267,7 +270,8 @@ def test_eval_forward_matches_functional_restatement(net):
 
 
 def test_alpha_zero_gives_resized_input_and_alpha_one_gives_raw(net):
-    """§5 fact 2: α ≡ 0 ⇒ Y_k = resize(X); α ≡ 1 ⇒ Y_k = R_k = sigmoid(conv1x1(D_k))."""
+    """Property 2 (docs/fusion_block.md#properties-the-tests-check): α ≡ 0 ⇒ Y_k = resize(X);
+    α ≡ 1 ⇒ Y_k = R_k = sigmoid(conv1x1(D_k))."""
     image, mask = _inputs(1, 256, 256)
     x = image * mask
     with torch.no_grad():
@@ -291,7 +295,7 @@ def test_alpha_zero_gives_resized_input_and_alpha_one_gives_raw(net):
 
 
 def test_fusion_result_is_not_fed_back_into_the_decoder(net):
-    """§2.4: changing a fusion block's alpha changes only that level's outputs."""
+    """docs/dfnet.md#fusion-blocks-in-the-network: changing a fusion block's alpha changes only that level's outputs."""
     image, mask = _inputs(1, 256, 256)
     model = copy.deepcopy(net)
     with torch.no_grad():
@@ -409,7 +413,8 @@ def test_backend_fp32_error_within_the_references_in_train(net, backend):
         for name, v in zip(("blend.blend.1", "blend.blend.4"), _fusion_preactivations(model.get_submodule(f"fuse_{k}"),
                                                                                       img, feat)):
             nearest = v.abs().min().item()
-            assert nearest >= KINK_MARGIN, f"fuse_{k}.{name}: an output at {nearest:.2e}, nearer the kink than {KINK_MARGIN}"
+            assert nearest >= KINK_MARGIN, (f"fuse_{k}.{name}: an output at {nearest:.2e}, nearer the kink "
+                                            f"than {KINK_MARGIN}")
             assert 0 < (v < 0).double().mean().item() < 1, f"fuse_{k}.{name}: one LeakyReLU slope unused"
     got32, _ = _run(model, backend, torch.float32, image, mask, training=True)
     _assert_all_close_to_oracle(got32, ref32, oracle, torch.float32)
@@ -474,7 +479,7 @@ def test_total_variation_of_constant_image():
 
 
 def _central_mean_pyramid(x, levels):
-    """§5 fact 4: bilinear 1/2^k (align_corners False) = mean of the central 2×2 of each 2^k block."""
+    """Property 4: bilinear 1/2^k (align_corners False) = mean of the central 2×2 of each 2^k block."""
     out = [x]
     B, C, H, W = x.shape
     for k in range(1, levels):

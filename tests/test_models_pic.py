@@ -1,4 +1,4 @@
-"""PIC as complete networks (inpaint_fast.models.pic; shared/reference/pic.md §2–§3, §5).
+"""PIC as complete networks (inpaint_fast.models.pic; docs/pic.md).
 
 Sizes: E and G need sides that are multiples of 32 with more than one 32x32 cell (G's InstanceNorm
 at input/32); D needs sides ≥ 96. So shape tests use 32x64, 64x64 and 64x96, and everything that
@@ -76,14 +76,14 @@ def _attn(c):  # query_conv C→C/4 (bias), gamma, alpha, ResBlock 2C→C hidden
 def test_parameter_counts_match_the_layer_shapes_and_the_spec_estimates():
     m = PIC()
     counts = {n: sum(p.numel() for p in getattr(m, n).parameters()) for n in ("net_E", "net_G", "net_D", "net_D_rec")}
-    # Derivation from pic.md §3.2–§3.4 (C = 128 from input/8 on):
+    # Derivation from docs/pic.md#encoder-e, #generator-g, #discriminators-d-and-d_rec (C = 128 from input/8 on):
     enc = _enc_opt(3, 32) + _res(32, 64, 32) + _res(64, 128, 64) + 2 * _res(128, 128, 128) \
         + 6 * _res(128, 128, 128) + 2 * _res(128, 256, 128)
     gen = _res(128, 128, 128) + _dec(128, 128, 128) + _dec(128, 128, 128) + _attn(128) \
         + _dec(131, 128, 128) + _dec(131, 64, 64) + _dec(67, 32, 32) + 2 * _sn(128, 3, 3) + _sn(64, 3, 3) + _sn(32, 3, 3)
     dis = _enc_opt(3, 32) + _res(32, 64, 32) + _res(64, 128, 64) + _attn(128) + 3 * _res(128, 128, 128) + _sn(128, 1, 3)
     assert counts == {"net_E": enc, "net_G": gen, "net_D": dis, "net_D_rec": dis}
-    # Pinned (pic.md estimates: E ≈ 3.60 M, G ≈ 2.37 M, D ≈ 1.58 M, of which ≈ 475.5 K unused attention ResBlock).
+    # Pinned (docs/pic.md#parameter-counts).
     assert counts == {"net_E": 3_604_224, "net_G": 2_374_016, "net_D": 1_575_075, "net_D_rec": 1_575_075}
     assert sum(p.numel() for p in m.net_D.attn2.model.parameters()) == _res(256, 128, 128) == 475_520
     assert len(m.generator_parameters()) == len(list(m.net_E.parameters())) + len(list(m.net_G.parameters()))
@@ -144,7 +144,8 @@ def test_bad_sizes_raise_clear_errors():
 
 
 def test_attention_mask_resize_center_hole():
-    # pic.md §5 fact 10: 256 → 32 bilinear/align_corners=True of the center mask: holes at 8..23, binary.
+    # docs/pic.md#the-attention-layer: 256 → 32 bilinear/align_corners=True of the center mask:
+    # holes at 8..23, binary.
     mask = torch.ones(1, 1, 256, 256)
     mask[..., 64:192, 64:192] = 0
     m32 = _attention_mask(mask, torch.empty(1, 128, 32, 32))
@@ -156,7 +157,7 @@ def test_attention_mask_resize_center_hole():
 
 
 # ---------------------------------------------------------------------------------------------
-# Distributions and KL (pic.md §3.5)
+# Distributions and KL (docs/pic.md#two-path-training-forward)
 # ---------------------------------------------------------------------------------------------
 def test_hole_prior_sigma_table():
     table = {1.0: 0.168, 0.9: 0.310, 0.8: 0.5, 0.75: 0.599, 0.5: 0.917, 0.0: 0.998}
@@ -199,7 +200,8 @@ def test_kl_terms_have_pics_directions_and_detach():
 
 
 # ---------------------------------------------------------------------------------------------
-# Training step: losses, gradients, freezing (pic.md §3.6, §5 facts 1–2)
+# Training step: losses, gradients, freezing (docs/pic.md#losses; properties 1–2 of
+# docs/short_long_attention.md#properties-the-tests-check)
 # ---------------------------------------------------------------------------------------------
 def test_training_step_gradients():
     m = _model()
@@ -294,7 +296,7 @@ def test_loss_app_g_ignores_hole_pixels_of_the_ground_truth():
 
 
 # ---------------------------------------------------------------------------------------------
-# Pluralistic sampling (pic.md §3.9)
+# Pluralistic sampling (docs/pic.md#sampling)
 # ---------------------------------------------------------------------------------------------
 def _sn_buffers(m):
     return {k: v.clone() for k, v in m.state_dict().items() if k.endswith(("weight_u", "weight_v"))}
@@ -377,9 +379,9 @@ def test_generator_backend_matches_reference(backend):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints in PIC's layout (pic.md §3.7)
+# Checkpoints in PIC's layout (docs/pic.md#official-checkpoint-layout)
 # ---------------------------------------------------------------------------------------------
-# Written independently of pic_checkpoint.py, from the Sequential contents in pic.md §3.1:
+# Written independently of pic_checkpoint.py, from the Sequential contents in docs/pic.md#official-checkpoint-layout:
 # ResBlock / ResBlockDecoder: model = ([norm], act, conv1, [norm], act, conv2), shortcut = (bypass,);
 # ResBlockEncoderOptimized: model = (conv1, act, conv2, AvgPool), shortcut = (AvgPool, bypass);
 # Output: model = (act, ReflectionPad, conv1, Tanh). Norms are registered only in the Sequential.
@@ -482,7 +484,7 @@ def test_checkpoint_errors():
 
 
 # ---------------------------------------------------------------------------------------------
-# Spectral norm for transposed convs (pic.md §3.1: the 2-D view has C_in rows)
+# Spectral norm for transposed convs (docs/pic.md#spectral-norm: the 2-D view has C_in rows)
 # ---------------------------------------------------------------------------------------------
 def test_spectral_norm_conv_transpose():
     torch.manual_seed(4)
@@ -514,7 +516,8 @@ def test_spectral_norm_conv_transpose():
 
 
 # ---------------------------------------------------------------------------------------------
-# Blocks against PIC's structure re-stated from pic.md §3.1 (SN wrapper + Sequentials): PyTorch
+# Blocks against PIC's structure re-stated from docs/pic.md#building-blocks and #spectral-norm
+# (SN wrapper + Sequentials): PyTorch
 # itself then writes the checkpoint layout (duplicates, `.module.`), and the outputs must agree.
 # ---------------------------------------------------------------------------------------------
 class _PicSN(torch.nn.Module):

@@ -1,7 +1,7 @@
 """FusionBlock (DFNet's fusion block drop-in).
 
 The "original" here is a plain ``nn.Sequential`` re-statement of DFNet's block
-(shared/reference/dfnet.md §1): real Conv2d/BatchNorm2d/LeakyReLU/Sigmoid layers under DFNet's
+(docs/fusion_block.md): real Conv2d/BatchNorm2d/LeakyReLU/Sigmoid layers under DFNet's
 names. Our module must share its state-dict keys (strict load both ways) and match it in
 training and eval, forward, backward and running statistics, on every backend that runs here.
 """
@@ -27,7 +27,7 @@ TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-
 
 
 # ---------------------------------------------------------------------------------------------
-# The original, re-stated from dfnet.md §1
+# The original, re-stated from docs/fusion_block.md#forward
 # ---------------------------------------------------------------------------------------------
 class _DFNetConv(nn.Module):  # Conv2dSame with symmetric padding: the conv sits at `.conv`
     def __init__(self, cin, cout, k):
@@ -237,7 +237,7 @@ def test_eval_leaves_bn_buffers_alone():
 
 
 # ---------------------------------------------------------------------------------------------
-# dfnet.md §5 facts
+# Properties of docs/fusion_block.md#properties-the-tests-check
 # ---------------------------------------------------------------------------------------------
 def _forced_alpha(ours, value):
     """Make α ≡ 0 or ≡ 1 exactly: zero the last conv's weight, bias ±1e4 (sigmoid saturates)."""

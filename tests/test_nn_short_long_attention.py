@@ -1,7 +1,8 @@
 """ShortLongAttention (PIC's Auto_Attn drop-in) and its spectral norm.
 
 The "original" here is a plain re-statement of the documented behaviour of PIC's ``Auto_Attn``,
-``ResBlock`` and ``SpectralNorm`` (shared/reference/pic.md §1, §3.1, §3.7): explicit N×N
+``ResBlock`` and ``SpectralNorm`` (docs/pic.md#the-attention-layer, #spectral-norm,
+#official-checkpoint-layout): explicit N×N
 softmax, spectral norm storing ``weight_bar``/``weight_u``/``weight_v`` on the wrapped conv, each
 SN conv registered twice. Our module must load its state dict as saved and match it, forward and
 backward, on every backend that runs here.
@@ -27,7 +28,7 @@ TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-
 
 
 # ---------------------------------------------------------------------------------------------
-# The original, re-stated from pic.md
+# The original, re-stated from docs/pic.md#the-attention-layer
 # ---------------------------------------------------------------------------------------------
 def _l2n(v):
     return v / (v.norm() + 1e-12)
@@ -136,7 +137,7 @@ def test_state_dict_keys_shapes_and_parameter_count():
     assert sd["model.bypass.weight_bar"].shape == (8, 16, 1, 1)
     # u, v are buffers: an optimiser over parameters() never sees them.
     assert not any(n.endswith(("weight_u", "weight_v")) for n, _ in m.named_parameters())
-    # PIC's size, C = 128: the ResBlock is 475 520 parameters (pic.md §2.1, "about 475.5K").
+    # PIC's size, C = 128: the ResBlock is 475 520 parameters (docs/pic.md#parameter-counts).
     big = ShortLongAttention(128)
     assert sum(p.numel() for p in big.model.parameters()) == 475_520
     assert sum(p.numel() for p in big.parameters()) == 475_520 + 128 * 32 + 32 + 2
@@ -157,7 +158,7 @@ def test_init_matches_pic():
 def test_pic_checkpoint_layout_has_duplicates_and_loads():
     pic = _trained_pic()
     sd = pic.state_dict()
-    assert len(sd) == 4 + 2 * 3 * 4  # each SN conv twice (pic.md §3.7)
+    assert len(sd) == 4 + 2 * 3 * 4  # each SN conv twice (docs/pic.md#official-checkpoint-layout)
     assert "model.model.3.module.weight_bar" in sd and "model.shortcut.0.module.bias" in sd
     ours = ShortLongAttention(8).double()
     ours.load_pic_state_dict(sd)
@@ -293,7 +294,7 @@ def test_return_attention_rows_sum_to_one():
 
 
 # ---------------------------------------------------------------------------------------------
-# pic.md §5 facts
+# Properties of docs/short_long_attention.md#properties-the-tests-check
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", FP64_BACKENDS)
 def test_fact1_identity_at_init_without_pre(backend):
@@ -365,7 +366,7 @@ def test_fact7_permutation_equivariance(backend):
 
 
 # ---------------------------------------------------------------------------------------------
-# Spectral norm (pic.md §3.1)
+# Spectral norm (docs/pic.md#spectral-norm)
 # ---------------------------------------------------------------------------------------------
 def test_spectral_norm_updates_u_v_every_forward_in_eval_too():
     sn = SpectralNormConv2d(6, 4, 3, padding=1).double().eval()

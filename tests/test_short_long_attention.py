@@ -176,13 +176,13 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
 
 
-# ---- test-worthy facts of PIC's layer (pic.md §5) ---------------------------------------------
+# ---- properties of PIC's layer (docs/short_long_attention.md#properties-the-tests-check) ----------
 ALL_BACKENDS = ["reference"] + CPU_BACKENDS
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_identity_when_gamma_is_zero(backend):
-    """pic.md §5.1: with gamma = 0 and no pre, y == x exactly."""
+    """Property 1: with gamma = 0 and no pre, y == x exactly."""
     q, x, _, _, _, _ = sample_inputs((2, 4, 6, 5, 3, 5), torch.float32, with_pre=False)
     y, cf = inpaint_fast.short_long_attention(q, x, torch.zeros(1), backend=backend)
     assert cf is None
@@ -191,7 +191,7 @@ def test_identity_when_gamma_is_zero(backend):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_constant_values_are_reproduced(backend):
-    """pic.md §5.4: rows of A sum to 1, so spatially constant x gives sa == x: y = (1 + gamma) x."""
+    """Property 4: rows of A sum to 1, so spatially constant x gives sa == x: y = (1 + gamma) x."""
     q, _, gamma, pre, mask, alpha = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
     x = torch.randn(2, 6, 1, 1, dtype=torch.float64).expand(2, 6, 3, 5).contiguous()
     y, _ = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
@@ -200,7 +200,7 @@ def test_constant_values_are_reproduced(backend):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_uniform_attention_gives_spatial_mean(backend):
-    """pic.md §5.5: q = 0 makes A = 1/N: sa is the spatial mean of x, ca that of pre."""
+    """Property 5: q = 0 makes A = 1/N: sa is the spatial mean of x, ca that of pre."""
     _, x, gamma, pre, _, alpha = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
     q = torch.zeros(2, 4, 3, 5, dtype=torch.float64)
     mask = torch.zeros(2, 1, 3, 5, dtype=torch.float64)
@@ -211,7 +211,7 @@ def test_uniform_attention_gives_spatial_mean(backend):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_mask_extremes(backend):
-    """pic.md §5.6: an all-ones mask gives cf == pre whatever alpha; all-zeros gives alpha·(pre Aᵀ)."""
+    """Property 6: an all-ones mask gives cf == pre whatever alpha; all-zeros gives alpha·(pre Aᵀ)."""
     q, x, gamma, pre, _, _ = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
     ones, zeros = torch.ones(2, 1, 3, 5, dtype=torch.float64), torch.zeros(2, 1, 3, 5, dtype=torch.float64)
     _, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, ones, torch.tensor([3.0], dtype=torch.float64),
@@ -226,7 +226,7 @@ def test_mask_extremes(backend):
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_permutation_equivariance(backend):
-    """pic.md §5.7: permuting positions of q, x, pre and mask together permutes y and cf."""
+    """Property 7: permuting positions of q, x, pre and mask together permutes y and cf."""
     q, x, gamma, pre, mask, alpha = sample_inputs((2, 4, 6, 5, 1, 11), torch.float64)
     perm = torch.randperm(11)
     y, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
@@ -237,7 +237,7 @@ def test_permutation_equivariance(backend):
 
 
 def test_attention_map_facts():
-    """pic.md §5.3/§5.4: E symmetric, rows of A sum to 1, diag(Z)·A symmetric."""
+    """Properties 3–4: E symmetric, rows of A sum to 1, diag(Z)·A symmetric."""
     q = torch.randn(2, 3, 4, 5, dtype=torch.float64)
     attn = inpaint_fast.attention_map(q)
     qf = q.reshape(2, 3, 20)
@@ -251,7 +251,7 @@ def test_attention_map_facts():
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_gate_gradients_at_init(backend):
-    """pic.md §5.2: with gamma = alpha = 0, q gets exactly zero gradient; gamma and alpha do not."""
+    """Property 2: with gamma = alpha = 0, q gets exactly zero gradient; gamma and alpha do not."""
     q, x, _, pre, mask, _ = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64, requires_grad=True)
     gamma = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     alpha = torch.zeros(1, dtype=torch.float64, requires_grad=True)

@@ -303,9 +303,9 @@ def test_train_argument_errors(tmp_path, capsys):
     assert _train(["--model", "pic", "--data", str(tmp_path / "missing"), "--out", out]) == 2
     assert "--data" in capsys.readouterr().err
     assert _train(["--model", "pic", "--data", data, "--out", out, "--size", "100"]) == 2
-    assert "multiple of 32" in capsys.readouterr().err
+    assert "multiples of 32" in capsys.readouterr().err
     assert _train(["--model", "dfnet", "--data", data, "--out", out, "--size", "384"]) == 2
-    assert "multiple of 256" in capsys.readouterr().err
+    assert "multiples of 256" in capsys.readouterr().err
     assert _train(["--model", "dfnet", "--data", data, "--out", out, "--size", "256", "--batch", "1"]) == 2
     assert "--batch 2 or more" in capsys.readouterr().err
     assert _train(["--model", "dfnet", "--data", data, "--out", out, "--size", "256"]) == 2

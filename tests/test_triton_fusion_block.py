@@ -23,6 +23,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from inpaint_fast import reference  # noqa: E402
+from inpaint_fast.ops.fusion_block import PARAM_NAMES, RUNNING_STATS  # noqa: E402
 from inpaint_fast.triton import fusion_block as kernels  # noqa: E402
 from test_fusion_block import sample_inputs  # noqa: E402
 
@@ -30,12 +31,7 @@ ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 DEVICE = "cuda" if ON_GPU else "cpu"
 needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (the interpreter cannot compute in bf16)")
 
-PARAMS = [
-    "map_weight", "map_bias", "conv1_weight", "conv1_bias", "bn1_weight", "bn1_bias", "bn1_running_mean",
-    "bn1_running_var", "conv2_weight", "conv2_bias", "bn2_weight", "bn2_bias", "bn2_running_mean",
-    "bn2_running_var", "conv3_weight", "conv3_bias",
-]  # fmt: skip
-BUFFERS = ("bn1_running_mean", "bn1_running_var", "bn2_running_mean", "bn2_running_var")
+PARAMS, BUFFERS = PARAM_NAMES, RUNNING_STATS
 TRAINABLE = [k for k in PARAMS if k not in BUFFERS]  # the order of the bwd op's parameter grads
 
 # (B, c, h, w, H, W, A). The interpreter's tiles are 8×8 (halo kernel: 8×16 lanes → 6×14 outputs),
@@ -236,40 +232,30 @@ def test_gradcheck(shape, training):
 
 
 # ---------------------------------------------------------------------------------------------
-# GPU only: half precision, determinism
+# The GPU run (benchmarks/gpu_session.sh): the public op, cases in tests/gpu_cases.py — DFNet's six
+# levels, fp32 at both matmul precisions, fp16, bf16, kink-free BatchNorms, poisoned outputs,
+# bitwise reruns, opcheck and torch.compile; on the CPU only with INPAINT_FAST_GPU_TESTS=dry.
 # ---------------------------------------------------------------------------------------------
-@needs_gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_half_precision(dtype, training):
-    """fp32 accumulation: errors of the order of the dtype's rounding of inputs and outputs."""
-    shape = (2, 64, 33, 47, 66, 94, 3)
-    feat, image, params = make_inputs(shape, dtype)
-    grads = out_grads(shape, dtype)
-    outs, stats, in_grads = triton_run(feat, image, params, training, grads)
-    r_outs, r_stats, r_grads = reference_run(feat, image, params, training, grads)
-    rtol = 2e-2 if dtype == torch.bfloat16 else 4e-3
-    for name, got, want in zip(["out", "alpha", "raw"] + STAT_NAMES, outs + stats, r_outs + r_stats):
-        check(name, got, want, dtype, rtol=rtol)
-    for name, got, want in zip(GRAD_NAMES, in_grads, r_grads):
-        check(name, got, want, dtype, rtol=4 * rtol)
+import gpu_cases as gc  # noqa: E402
+
+GPU_RUN = gc.gpu_test("fusion_block", "triton")
 
 
-@needs_gpu
+@GPU_RUN
+@pytest.mark.parametrize("case", gc.fusion_cases(), ids=gc.fusion_id)
+def test_gpu_run_fusion(case):
+    gc.fusion_parity("triton", case)
+
+
+@GPU_RUN
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_gpu_fp32_large_and_deterministic(training):
-    """Several tiles per program in the a1 backward, many programs; bitwise reproducible."""
-    shape = (4, 128, 64, 96, 128, 192, 3)
-    feat, image, params = make_inputs(shape, torch.float32)
-    grads = out_grads(shape, torch.float32)
-    first = triton_run(feat, image, params, training, grads)
-    second = triton_run(feat, image, params, training, grads)
-    for a, b in zip(sum(first, []), sum(second, [])):
-        assert torch.equal(a, b)
-    r_outs, r_stats, r_grads = reference_run(feat, image, params, training, grads)
-    names = ["out", "alpha", "raw"] + STAT_NAMES + GRAD_NAMES
-    for name, got, want in zip(names, sum(first, []), r_outs + r_stats + r_grads):
-        check(name, got, want, torch.float32, rtol=1e-4)
+def test_gpu_run_fusion_opcheck(training):
+    gc.fusion_opcheck("triton", training)
+
+
+@GPU_RUN
+def test_gpu_run_fusion_compile_fullgraph():
+    gc.fusion_compile("triton")
 
 
 # ---------------------------------------------------------------------------------------------

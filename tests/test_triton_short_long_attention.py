@@ -267,13 +267,25 @@ def test_half_precision(dtype, shape, with_pre):
     run_and_check(inputs, dtype, rel=1e-2 if dtype == torch.float16 else 6e-2)
 
 
-@needs_gpu
-@pytest.mark.parametrize("precision", ["highest", "high"])
-def test_fp32_matmul_precision_gpu(precision):
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        inputs = make_inputs((2, 32, 128, 128, 32, 32), torch.float32)
-        run_and_check(inputs, torch.float32, rel=1e-4 if precision == "highest" else 1e-2)
-    finally:
-        torch.set_float32_matmul_precision(previous)
+# ---- the GPU run (benchmarks/gpu_session.sh): the public op, cases in tests/gpu_cases.py --------
+# fp32 at both matmul precisions, fp16, bf16 at PIC's shapes and odd N, poisoned outputs, bitwise
+# reruns, opcheck and torch.compile; on the CPU only with INPAINT_FAST_GPU_TESTS=dry.
+import gpu_cases as gc  # noqa: E402
+
+GPU_RUN = gc.gpu_test("short_long_attention", "triton")
+
+
+@GPU_RUN
+@pytest.mark.parametrize("case", gc.attn_cases(), ids=gc.attn_id)
+def test_gpu_run_attention(case):
+    gc.attention_parity("triton", case)
+
+
+@GPU_RUN
+def test_gpu_run_attention_opcheck():
+    gc.attention_opcheck("triton")
+
+
+@GPU_RUN
+def test_gpu_run_attention_compile_fullgraph():
+    gc.attention_compile("triton")

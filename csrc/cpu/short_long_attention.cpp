@@ -1,4 +1,4 @@
-// CPU kernels of the short+long-range attention (PIC's Auto_Attn core), DESIGN.md §1.1.
+// CPU kernels of the short+long-range attention (PIC's Auto_Attn core), docs/short_long_attention.md.
 //
 // Notation: N = H*W positions flattened row-major, E = scale * q^T q (N x N per image),
 // P = softmax over the keys of E, V = [x; pre] the concatenated values (Ctot = C + Cp channels),

@@ -5,7 +5,7 @@
 #
 #   csrc/cuda/compile_check.sh [python]          # default python: .venv/bin/python, else python3
 #   INPAINT_FAST_CUDA_CHECK_JOBS=2               # files compiled in parallel (default: 2)
-#   INPAINT_FAST_CUDA_CHECK_ARCHS="80 90a"       # a cheaper arch set (default: 80 90 90a)
+#   INPAINT_FAST_CUDA_CHECK_ARCHS="80 90a"       # a cheaper arch set (default: the `sm` line of architectures.txt)
 #   INPAINT_FAST_CUDA_CHECK_EXTRA="--resource-usage" INPAINT_FAST_CUDA_CHECK_VERBOSE=1
 #                                                # extra nvcc flags; print nvcc's output on success
 #
@@ -17,7 +17,8 @@
 #  * The kernels include c10/cuda and ATen core headers only, never ATen/cuda/CUDAContext.h, which
 #    needs cuBLAS/cuSPARSE headers that a bare CUDA toolkit lacks.
 #  * The -D__CUDA_NO_HALF_* flags and the C++ standard are torch.utils.cpp_extension's own (its
-#    COMMON_NVCC_FLAGS, and C++20 where it uses C++20), so the check compiles what the build does.
+#    COMMON_NVCC_FLAGS, and the -std its BuildExtension passes nvcc; INPAINT_FAST_CUDA_CHECK_STD
+#    overrides it), so the check compiles what the build does.
 #  * One nvcc call per file with every -gencode: the host-side parse of the torch headers, the
 #    slow part, is shared by the architectures.
 #  * -Werror all-warnings: a warning in our sources (or one the headers raise under these flags)
@@ -36,18 +37,35 @@ if [[ -z "$NVCC" ]]; then
   exit 0
 fi
 
-read -r -a TORCH_FLAGS <<<"$("$PY" - <<'EOF'
+TORCH_FLAGS_LINE=$("$PY" - <<'EOF'
 import inspect
+import os
+import re
+import sys
+
 import torch.utils.cpp_extension as ce
+
 flags = ["-I" + p for p in ce.include_paths()]
 flags += [f for f in ce.COMMON_NVCC_FLAGS if f != "--expt-relaxed-constexpr"]
-std = "c++20" if "-std=c++20" in inspect.getsource(ce) else "c++17"
+# The standard BuildExtension hands nvcc: it sets `cuda_cflags = ['-std=c++NN']` in its ninja
+# path (C++17 up to torch 2.12, C++20 from 2.13). Read from that assignment alone, so that a
+# changed layout fails loudly instead of compiling against another standard than the build. (A
+# fixed standard of our own cannot serve both: torch 2.13's c10 headers need C++20 under nvcc.)
+std = os.environ.get("INPAINT_FAST_CUDA_CHECK_STD", "")
+if not std:
+    found = set(re.findall(r"cuda_cflags\s*=\s*\[\s*'-std=(c\+\+\d+)'", inspect.getsource(ce.BuildExtension)))
+    if len(found) != 1:
+        sys.exit(f"cuda-check: cannot tell which C++ standard torch {ce.torch.__version__}'s BuildExtension gives "
+                 f"nvcc (found {sorted(found) or 'none'}); set INPAINT_FAST_CUDA_CHECK_STD=c++17 or c++20")
+    std = found.pop()
 flags.append("-std=" + std)
 print(" ".join(flags))
 EOF
-)"
+) || exit 1
+read -r -a TORCH_FLAGS <<<"$TORCH_FLAGS_LINE"
 
-ARCHS=${INPAINT_FAST_CUDA_CHECK_ARCHS:-"80 90 90a"}
+# The machine-code targets of the build (csrc/cuda/architectures.txt, as setup.py reads it).
+ARCHS=${INPAINT_FAST_CUDA_CHECK_ARCHS:-$(sed -n 's/#.*//; s/^sm[[:space:]]\+//p' csrc/cuda/architectures.txt)}
 GENCODE=()
 for a in $ARCHS; do GENCODE+=("-gencode=arch=compute_${a},code=sm_${a}"); done
 JOBS=${INPAINT_FAST_CUDA_CHECK_JOBS:-2}

@@ -1037,8 +1037,14 @@ fusion_block_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& grad_alpha, 
         dr.data_ptr<float>(), device_ptr<T>(grad_feat));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  // (B, 3, hw) x (B, hw, c) summed over the batch, in float32 (cuBLAS, deterministic).
-  const at::Tensor dWm = at::bmm(dr.reshape({B, 3, hw}), feat.reshape({B, c, hw}).to(at::kFloat).transpose(1, 2)).sum(0);
+  // (B, 3, hw) x (B, hw, c) summed over the batch, in float32 (cuBLAS, deterministic). The block
+  // is float32 by policy, like batch_norm, so TF32 stays off here even where the program allows it
+  // for matmuls: a TF32 reduction over hw (up to 2^20 pixels) would be the only TF32 in the op.
+  at::Tensor dWm;
+  {
+    const at::NoTF32Guard fp32_only;
+    dWm = at::bmm(dr.reshape({B, 3, hw}), feat.reshape({B, c, hw}).to(at::kFloat).transpose(1, 2)).sum(0);
+  }
   const at::Tensor dbm = dr.to(at::kDouble).sum(at::IntArrayRef{0, 2, 3});
 
   return {grad_feat,

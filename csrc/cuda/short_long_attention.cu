@@ -1,4 +1,4 @@
-// CUDA kernels of the short+long-range attention (PIC's Auto_Attn core), DESIGN.md §1.1:
+// CUDA kernels of the short+long-range attention (PIC's Auto_Attn core), docs/short_long_attention.md:
 // inpaint_fast::short_long_attention_fwd / _bwd for CUDA tensors (schemas in csrc/ops.cpp; the
 // contract is the CPU kernel's, csrc/cpu/short_long_attention.cpp).
 //

@@ -27,6 +27,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..backends import KERNEL_BACKENDS
 from .timing import Timing, TimingConfig, peak_memory_mb, time_fn
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "Result",
     "Sweep",
     "Unavailable",
-    "available_backends",
     "compare",
     "evaluate",
     "gate",
@@ -53,7 +53,6 @@ __all__ = [
 
 PASSES = ("fwd", "bwd", "fwd+bwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
-OUR_BACKENDS = ("cpu", "triton", "cuda")
 
 
 def one_of(names: Iterable[str]) -> str:
@@ -189,10 +188,12 @@ class OpBench:
         return tuple(out)
 
     def default_providers(self, device: torch.device, quick: bool) -> Tuple[str, ...]:
-        ours = set(available_backends(device, op=self.kernel)) & set(OUR_BACKENDS)
+        import inpaint_fast
+
+        ours = set(inpaint_fast.available_backends(device, op=self.kernel)) & set(KERNEL_BACKENDS)
         names = []
         for name, p in self.providers().items():
-            if name in OUR_BACKENDS:
+            if name in KERNEL_BACKENDS:
                 if name in ours:
                     names.append(name)
             elif device.type in p.default_on and (p.quick or not quick):
@@ -200,35 +201,17 @@ class OpBench:
         return tuple(names)
 
 
-def available_backends(device: torch.device, op: Optional[str] = None) -> List[str]:
-    """``inpaint_fast.available_backends(device, op=op)``; where the package predates it,
-    ``reference`` plus ``cpu`` when the compiled extension imports."""
-    import inpaint_fast
-
-    fn = getattr(inpaint_fast, "available_backends", None)
-    if fn is not None:
-        try:
-            return list(fn(device, op=op))
-        except TypeError:  # an older signature
-            return list(fn(device))
-    names = ["reference"]
-    if device.type == "cpu":
-        try:
-            import inpaint_fast._C  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            names.append("cpu")
-    return names
-
-
 def tolerance(dtype: torch.dtype) -> float:
     """Relative tolerance of the gate for ``dtype`` (see :func:`compare`)."""
     if dtype == torch.float64:
         return 1e-7
     if dtype == torch.float32:
-        # TF32 (matmul precision "high"/"medium") on either side widens fp32's error ~100x.
-        return 1e-3 if torch.get_float32_matmul_precision() == "highest" else 1e-2
+        # TF32 (matmul precision "high"/"medium") on either side widens fp32's error ~100x. Read
+        # through the helper that works with both of PyTorch's TF32 APIs (the legacy getter raises
+        # once the new one set TF32).
+        from inpaint_fast.triton import fp32_matmul_allows_tf32
+
+        return 1e-2 if fp32_matmul_allows_tf32() else 1e-3
     if dtype == torch.float16:
         return 1e-2
     return 4e-2  # bfloat16
@@ -453,7 +436,8 @@ def run(
     """Gate, then time and measure, every (case, provider, mode). ``progress`` (a tqdm bar or
     None) advances once per (case, provider, mode). ``on_case`` (or None) is called with the
     results of every provider and mode of one case (one fusion-block variant at a time) as soon
-    as they are measured; their speedups are attached only when the whole run is done.
+    as they are measured, speedups over the case's reference included, so a caller can save
+    them case by case (a run cut off later keeps what it measured).
     ``extra_providers`` adds providers that are not in the op's registry (tests inject a wrong
     one this way)."""
     registry = dict(bench.providers())
@@ -492,9 +476,9 @@ def run(
                     results.append(res)
                     if progress is not None:
                         progress.update(1)
+            _attach_speedups(results[first:])  # the reference of this case ran in this case
             if on_case is not None:
                 on_case(results[first:])
-    _attach_speedups(results)
     return results
 
 

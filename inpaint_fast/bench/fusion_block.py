@@ -1,4 +1,5 @@
-"""Benchmark of ``fusion_block`` (DFNet's learned alpha composite), DESIGN.md §1.2 / §6.
+"""Benchmark of ``fusion_block`` (DFNet's learned alpha composite, docs/fusion_block.md; how it is
+measured: benchmarks/README.md).
 
 Cases are DFNet's fusion blocks: level k has a decoder feature of c_k channels at (S/2^k)² for an
 S×S image, c = [4, 64, 128, 256, 512, 512][k], and the image (B, 3, S, S) at full resolution.
@@ -34,7 +35,9 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .core import DTYPES, OUR_BACKENDS, Case, Inputs, OpBench, Provider, Sweep, one_of
+from ..backends import KERNEL_BACKENDS
+from ..ops.fusion_block import RUNNING_STATS, TRAINABLE
+from .core import DTYPES, Case, Inputs, OpBench, Provider, Sweep, one_of
 from .providers import compiled, our_backend
 
 __all__ = ["FusionBlockBench", "LEVEL_CHANNELS", "fusion_block_bytes"]
@@ -42,11 +45,7 @@ __all__ = ["FusionBlockBench", "LEVEL_CHANNELS", "fusion_block_bytes"]
 LEVEL_CHANNELS = (4, 64, 128, 256, 512, 512)  # DFNet's c_k for fuse_0 .. fuse_5
 MID, ALPHA = 32, 3  # conv1 output channels, alpha channels
 
-WEIGHTS = (
-    "map_weight", "map_bias", "conv1_weight", "conv1_bias", "bn1_weight", "bn1_bias",
-    "conv2_weight", "conv2_bias", "bn2_weight", "bn2_bias", "conv3_weight", "conv3_bias",
-)  # fmt: skip
-RUNNING = ("bn1_running_mean", "bn1_running_var", "bn2_running_mean", "bn2_running_var")
+WEIGHTS, RUNNING = TRAINABLE, RUNNING_STATS  # the op's trainable parameters and BatchNorm buffers
 
 
 def fusion_block_bytes(B: int, c: int, h: int, w: int, H: int, W: int, itemsize: int) -> float:
@@ -57,6 +56,17 @@ def fusion_block_bytes(B: int, c: int, h: int, w: int, H: int, W: int, itemsize:
 KINK_MARGIN = 1.0  # every LeakyReLU input is at least this far from 0
 
 
+def _normalised(z: torch.Tensor, mean: Optional[torch.Tensor] = None, var: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+    """BatchNorm's normalisation of z (B, C, h, w): with the batch's own statistics (biased
+    variance) when none are given. By hand rather than through F.batch_norm, which refuses one
+    value per channel — an eval-mode input of a single pixel is valid."""
+    dims, shape = (0, 2, 3), (1, z.shape[1], 1, 1)
+    if mean is None:
+        mean, var = z.mean(dims), z.var(dims, unbiased=False)
+    return (z - mean.view(shape)) / (var + 1e-5).sqrt().view(shape)
+
+
 def _kink_free_bn(z_train: torch.Tensor, z_eval: torch.Tensor, g: torch.Generator) -> Dict[str, torch.Tensor]:
     """A BatchNorm (weight, bias, running_mean, running_var) whose outputs γ·n + β stay at least
     KINK_MARGIN from 0, both for ``z_train`` normalised with its batch statistics and for
@@ -65,10 +75,10 @@ def _kink_free_bn(z_train: torch.Tensor, z_eval: torch.Tensor, g: torch.Generato
     variance scaled by 0.8..1.25, so that eval mode differs from training mode; γ ∈ [0.2, 0.4];
     β's sign alternates by channel, so both slopes of the LeakyReLU are used."""
     c, dims, dev = z_train.shape[1], (0, 2, 3), z_train.device
-    running_mean = z_eval.mean(dims) + 0.1 * z_eval.std(dims) * (torch.rand(c, generator=g) * 2 - 1).to(dev)
-    running_var = z_eval.var(dims) * (0.8 + 0.45 * torch.rand(c, generator=g)).to(dev)
-    n_train = torch.nn.functional.batch_norm(z_train, None, None, training=True)
-    n_eval = torch.nn.functional.batch_norm(z_eval, running_mean, running_var, training=False)
+    var_eval = z_eval.var(dims, unbiased=False)  # biased: one value gives 0, not NaN
+    running_mean = z_eval.mean(dims) + 0.1 * var_eval.sqrt() * (torch.rand(c, generator=g) * 2 - 1).to(dev)
+    running_var = var_eval * (0.8 + 0.45 * torch.rand(c, generator=g)).to(dev)
+    n_train, n_eval = _normalised(z_train), _normalised(z_eval, running_mean, running_var)
     reach = torch.maximum(n_train.abs().amax(dims), n_eval.abs().amax(dims))
     weight = (0.2 + 0.2 * torch.rand(c, generator=g)).to(dev)
     sign = torch.tensor([1.0, -1.0], device=dev).repeat(c)[:c]
@@ -92,8 +102,8 @@ def _kink_free_batchnorms(kw: Dict[str, torch.Tensor], device: torch.device, g: 
     bn1 = _kink_free_bn(z1, z1, g)
 
     def z2(training: bool) -> torch.Tensor:
-        stats = (None, None) if training else (bn1["running_mean"], bn1["running_var"])
-        a1 = F.leaky_relu(F.batch_norm(z1, *stats, bn1["weight"], bn1["bias"], training), LEAKY_SLOPE)
+        n1 = _normalised(z1) if training else _normalised(z1, bn1["running_mean"], bn1["running_var"])
+        a1 = F.leaky_relu(n1 * bn1["weight"].view(1, -1, 1, 1) + bn1["bias"].view(1, -1, 1, 1), LEAKY_SLOPE)
         return F.conv2d(a1, t["conv2_weight"], t["conv2_bias"], padding=1)
 
     bn2 = _kink_free_bn(z2(True), z2(False), g)
@@ -177,7 +187,7 @@ class FusionBlockBench(OpBench):
 
     def providers(self) -> Dict[str, Provider]:
         ps = {"reference": Provider("reference", _build_reference)}
-        for b in OUR_BACKENDS + ("auto",):
+        for b in KERNEL_BACKENDS + ("auto",):
             ps[b] = Provider(b, our_backend("fusion_block", b), default_on=())
         ps["compile"] = Provider("compile", _build_compile, default_on=("cuda",), quick=False)
         return ps

@@ -1,4 +1,5 @@
-"""Benchmark of ``short_long_attention`` (PIC's short+long-range attention), DESIGN.md §1.1 / §6.
+"""Benchmark of ``short_long_attention`` (PIC's short+long-range attention,
+docs/short_long_attention.md; how it is measured: benchmarks/README.md).
 
 Cases are PIC's layer: C = Cp = 128 value channels, Cq = 32 query/key channels, with ``pre``,
 ``mask`` and ``alpha`` (the long-range term), at N = (S/8)² positions for an S×S input image
@@ -6,7 +7,7 @@ Cases are PIC's layer: C = Cp = 128 value channels, Cq = 32 query/key channels, 
 given, B·N is held constant (4 096 on CPU, 16 384 on CUDA, i.e. PIC's generator batch of 16 at
 256²).
 
-FLOPs (matmuls only, ``shared/reference/kernels.md`` §3.1):
+FLOPs (matmuls only, docs/short_long_attention.md#cost):
     fwd      2·B·N²·(Cq + C + Cp)           scores, then P·[x | pre]
     bwd      2·B·N²·(3·Cq + 2·(C + Cp))     recompute scores, dq via dS and dSᵀ, dP and dV per stream
     fwd+bwd  the sum
@@ -31,7 +32,8 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from .core import DTYPES, OUR_BACKENDS, Case, Inputs, OpBench, Provider, Sweep, Unavailable, one_of
+from ..backends import KERNEL_BACKENDS
+from .core import DTYPES, Case, Inputs, OpBench, Provider, Sweep, Unavailable, one_of
 from .providers import compiled, our_backend
 
 __all__ = ["ShortLongAttentionBench", "attention_flops"]
@@ -172,7 +174,7 @@ class ShortLongAttentionBench(OpBench):
 
     def providers(self) -> Dict[str, Provider]:
         ps = {"reference": Provider("reference", _build_reference)}
-        for b in OUR_BACKENDS + ("auto",):
+        for b in KERNEL_BACKENDS + ("auto",):
             ps[b] = Provider(b, our_backend("short_long_attention", b, scale=1.0), default_on=())
         ps["compile"] = Provider("compile", _build_compile, default_on=("cuda",), quick=False)
         ps["sdpa"] = Provider("sdpa", _build_sdpa, default_on=("cuda",))

@@ -66,7 +66,7 @@ class TrainCase:
 
 
 def default_cases(device: torch.device, quick: bool = False) -> List[TrainCase]:
-    """The issue's grid: PIC and DFNet at 256², 512², 1024² on CUDA (PIC batch 8, DFNet batch 6:
+    """The default grid: PIC and DFNet at 256², 512², 1024² on CUDA (PIC batch 8, DFNet batch 6:
     the papers' per-GPU batches); on CPU one small step of each (the full grid takes hours there)."""
     if device.type == "cuda":
         sizes = (256,) if quick else (256, 512, 1024)

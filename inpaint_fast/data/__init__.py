@@ -6,13 +6,16 @@ known; ``holes="black"`` reads files that mark known pixels white. All randomnes
 in epoch e comes from ``(seed, e, i)`` alone (:func:`sample_rng`), so results do not depend on
 workers, ranks or order.
 
-Dataset and IO (:mod:`inpaint_fast.data.images`):
+Files (:mod:`inpaint_fast.data.files`):
 
-* :class:`InpaintingDataset` — a folder of images with PIC's or DFNet's transforms and masks.
 * :func:`load_image`, :func:`load_mask`, :func:`save_image`, :func:`save_mask` — file IO (masks
   soft, or ``binary=True``: PIC's "any pixel touched by a hole is a hole");
-  :data:`FOLDER_MASK_READING` says how each recipe reads mask folders.
 * :func:`find_images`, :func:`sample_rng` — helpers.
+
+Dataset (:mod:`inpaint_fast.data.images`):
+
+* :class:`InpaintingDataset` — a folder of images with PIC's or DFNet's transforms and masks;
+  :data:`FOLDER_MASK_READING` says how each recipe reads mask folders.
 
 Masks (:mod:`inpaint_fast.data.masks`), generators ``g(size, rng) -> (1, S, S)``:
 
@@ -23,12 +26,9 @@ Masks (:mod:`inpaint_fast.data.masks`), generators ``g(size, rng) -> (1, S, S)``
 * :func:`make_mask_source` (spec → :class:`MaskSource`, ``source(index, epoch)``), ``MASK_SPECS``.
 """
 
-from .images import (
-    FOLDER_MASK_READING,
+from .files import (
     IMAGE_EXTENSIONS,
     MASK_HOLE_COLOURS,
-    RECIPES,
-    InpaintingDataset,
     find_images,
     load_image,
     load_mask,
@@ -36,6 +36,7 @@ from .images import (
     save_image,
     save_mask,
 )
+from .images import FOLDER_MASK_READING, RECIPES, InpaintingDataset
 from .masks import (
     MASK_SPECS,
     MaskFolder,

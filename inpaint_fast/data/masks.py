@@ -37,18 +37,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .images import (
+from .files import (
     IMAGE_EXTENSIONS,
     STREAM_MASK,
-    _check_size,
-    _non_negative_int,
-    _resize,
     check_hole_colour,
+    check_side,
     find_images,
     known_level,
     load_mask,
     mask_from_pil,
+    non_negative_int,
     open_image,
+    resize_square,
     sample_rng,
 )
 
@@ -69,7 +69,7 @@ MaskGenerator = Callable[[int, np.random.Generator], torch.Tensor]
 
 
 def _size(size) -> int:
-    s = _check_size(size)
+    s = check_side(size)
     if s is None:
         raise ValueError("size must be a positive int, got None")
     return s
@@ -91,7 +91,7 @@ def _draw_stroke(draw: ImageDraw.ImageDraw, points: Sequence[Tuple[float, float]
 
 
 # --------------------------------------------------------------------------------------------
-# PIC (pic.md §3.8; util/task.py of the original)
+# PIC (docs/pic.md#data-and-masks; util/task.py of the original)
 # --------------------------------------------------------------------------------------------
 
 
@@ -193,7 +193,7 @@ def pic_mask(size: int, rng: np.random.Generator) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# DFNet (dfnet.md §3.2; DeepCodebase's utils/mask.py)
+# DFNet (docs/dfnet.md#masks-and-data; DeepCodebase's utils/mask.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -244,7 +244,7 @@ def free_form_mask(
     brush: float = 0.02,
     start_area: float = 0.5,
 ) -> torch.Tensor:
-    """DFNet-style free-form brush strokes (DeepCodebase's ``utils/mask.py``, dfnet.md §3.2).
+    """DFNet-style free-form brush strokes (DeepCodebase's ``utils/mask.py``, docs/dfnet.md#masks-and-data).
 
     One attempt: ``V ~ [vertices]`` segments in total, split over ``L ~ [polylines]`` polylines
     (``V // L`` segments each, integers inclusive). Each polyline starts at a uniform point of the
@@ -304,7 +304,7 @@ class MaskFolder:
             default) or ``"black"``; see :func:`~inpaint_fast.data.mask_from_pil`.
         binary: PIC's rule, any pixel touched by a hole is a hole (True), or grey levels kept as
             soft values (False, DFNet).
-        augment: PIC's augmentation of external masks (pic.md §3.8): random horizontal flip
+        augment: PIC's augmentation of external masks (docs/pic.md#data-and-masks): random horizontal flip
             (p = 0.5), rotation by U(−10°, 10°) with nearest sampling (the uncovered corners are
             filled with the known value), centre crop to a square of the short side, bilinear
             resize to S; then ``binary``'s rule. False: a plain bilinear resize of the whole file
@@ -342,7 +342,7 @@ class MaskFolder:
             side = min(w, h)
             top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
             img = img.crop((left, top, left + side, top + side))
-        return mask_from_pil(_resize(img, s), holes=self.holes, binary=self.binary)
+        return mask_from_pil(resize_square(img, s), holes=self.holes, binary=self.binary)
 
     def hole_fraction(self, files: int = 8) -> float:
         """The mean hole fraction of the first ``files`` files, each read at its own size without
@@ -395,7 +395,7 @@ class MaskSource:
             )
         self.generator = generator
         self.size = _size(size)
-        self.seed = _non_negative_int("seed", seed)
+        self.seed = non_negative_int("seed", seed)
         self.name = name or getattr(generator, "__name__", type(generator).__name__)
 
     def __call__(self, index: int, epoch: int = 0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""PIC and DFNet, complete networks on the fused ops (issue 5).
+"""PIC and DFNet, complete networks on the fused ops.
 
 * :mod:`inpaint_fast.models.pic` — Pluralistic Image Completion: encoder, generator with the
   short+long attention, the two discriminators, losses, pluralistic sampling, and the converter

@@ -3,7 +3,8 @@
 A U-Net whose six finest decoder levels each end in a fusion block (:class:`inpaint_fast.nn.FusionBlock`)
 that turns the decoder feature into an RGB completion and alpha-blends it with the resized input.
 Behaviour, layer order and state-dict keys follow the official ``model.py`` as written down in
-shared/reference/dfnet.md §2, so an official checkpoint (``model_places2.pth``, ``model_celeba.pth``)
+docs/dfnet.md (encoder, decoder, state-dict keys), so an official checkpoint
+(``model_places2.pth``, ``model_celeba.pth``)
 loads with ``strict=True``::
 
     en_{0..7}.encode.0.conv.1.{weight,bias}       stride-2 convs, TF-"same" asymmetric padding
@@ -15,8 +16,8 @@ loads with ``strict=True``::
 Level k has resolution H/2^k: ``de_0`` and ``fuse_0`` are full resolution. 215 state-dict entries,
 32,880,504 trainable parameters with the released defaults.
 
-This module also re-exports the loss and its VGG16 (:mod:`.dfnet_loss`, :mod:`.vgg`) so the
-contract's names import from one place.
+This module also re-exports the loss and its VGG16 (:mod:`.dfnet_loss`, :mod:`.vgg`), so the
+network, its loss and VGG16 import from one module.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import FusionBlock, SameConv2d
+from .sizes import dfnet_size_problem
 from .dfnet_loss import DFNetLoss, gram_matrix, resize_like, total_variation_map
 from .vgg import VGG16Features, load_vgg16_features
 
@@ -89,7 +91,7 @@ class _DecodeBlock(nn.Module):
 
 
 class DFNet(nn.Module):
-    """Deep Fusion Network for image completion (dfnet.md §2), fusion blocks on the fused op.
+    """Deep Fusion Network for image completion (docs/dfnet.md), fusion blocks on the fused op.
 
     Args:
         backend: backend of every fusion block's op (``None`` = the global default; see
@@ -104,7 +106,7 @@ class DFNet(nn.Module):
 
     Forward:
         image_with_holes: (B, c_img, H, W), X = I·M with I in [0, 1] (holes are 0). The official
-            checkpoints were run on BGR images (dfnet.md §0).
+            checkpoints were run on BGR images (docs/dfnet.md#conventions).
         mask: (B, c_mask, H, W), 1 = known, 0 = hole, fractional allowed.
         H and W must be multiples of 2^d = 256.
 
@@ -189,13 +191,9 @@ class DFNet(nn.Module):
                              "in batch and spatial size")
         H, W = image.shape[2:]
         m = self.multiple
-        if H < m or W < m or H % m or W % m:
-            raise ValueError(
-                f"DFNet: height and width must be positive multiples of {m} ({self.depth} stride-2 levels, "
-                f"and each nearest x2 upsample must meet its skip), got {H}x{W}. Pad or resize the image and "
-                f"mask to e.g. {max(m, -(-H // m) * m)}x{max(m, -(-W // m) * m)}, then crop or resize the "
-                "result back."
-            )
+        problem = dfnet_size_problem(H, W, depth=self.depth)
+        if problem:
+            raise ValueError(f"DFNet: {problem}")
         bottleneck_bn = getattr(self, f"en_{self.depth - 1}").encode
         if len(bottleneck_bn) > 1 and bottleneck_bn[1].training and image.shape[0] * (H // m) * (W // m) == 1:
             raise ValueError(

@@ -1,4 +1,4 @@
-"""DFNet's training loss (shared/reference/dfnet.md §3.1): multi-scale L1, VGG16 perceptual and
+"""DFNet's training loss (docs/dfnet.md#loss): multi-scale L1, VGG16 perceptual and
 style, and total variation.
 
 With Y_k the fused results (index 0 = full resolution), T_k the ground truth bilinearly resized

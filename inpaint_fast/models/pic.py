@@ -2,7 +2,7 @@
 
 :class:`PIC` bundles the four networks (``net_E``, ``net_G``, ``net_D``, ``net_D_rec``; see
 :mod:`inpaint_fast.models.pic_blocks`) with PIC's two-path training forward, its losses and its
-pluralistic sampling (shared/reference/pic.md §3.5–§3.9). The only change to the numbers is the
+pluralistic sampling (docs/pic.md#two-path-training-forward, #losses, #sampling). The only change to the numbers is the
 attention, which runs on :func:`inpaint_fast.short_long_attention` (no N×N map in memory).
 
 Conventions: images in [0, 1], (B, 3, H, W); masks (B, 1, H, W), 1 = known, 0 = hole, fractional
@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.spectral_norm import SpectralNormConv2d, SpectralNormConvTranspose2d
-from .pic_blocks import ResDiscriminator, ResEncoder, ResGenerator, check_image_size
+from .pic_blocks import ResDiscriminator, ResEncoder, ResGenerator
+from .sizes import pic_size_problem
 from .pic_checkpoint import load_pic_checkpoints
 
 __all__ = ["PIC", "gaussian_kl", "hole_prior_sigma", "load_pic_checkpoints", "scale_pyramid"]
 
-# v = mean(mask) − 1e-5 in PIC's get_distribution (pic.md §3.5).
+# v = mean(mask) − 1e-5 in PIC's get_distribution (docs/pic.md#two-path-training-forward).
 _VALID_FRACTION_OFFSET = 1e-5
 
 
@@ -62,7 +63,7 @@ def gaussian_kl(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Ten
 def scale_pyramid(x: Tensor, sizes: Sequence[Tuple[int, int]]) -> List[Tensor]:
     """``x`` resized to each (h, w) in ``sizes`` by bilinear interpolation with align_corners=True.
 
-    PIC's ``scale_pyramid`` (pic.md §3.5): every level is resized from the full-resolution input
+    PIC's ``scale_pyramid`` (docs/pic.md#losses): every level is resized from the full-resolution input
     (not from the previous level); a level of x's own size is x itself.
     """
     out = []
@@ -75,7 +76,7 @@ def scale_pyramid(x: Tensor, sizes: Sequence[Tuple[int, int]]) -> List[Tensor]:
 
 
 def _attention_mask(mask: Tensor, like: Tensor) -> Tensor:
-    # PIC: bilinear, align_corners=True resize to f_e's size, channel 0 (pic.md §1.4).
+    # PIC: bilinear, align_corners=True resize to f_e's size, channel 0 (docs/pic.md#the-attention-layer).
     return F.interpolate(mask, size=like.shape[-2:], mode="bilinear", align_corners=True)[:, :1]
 
 
@@ -172,19 +173,14 @@ class PIC(nn.Module):
                 mask.shape[0] != image.shape[0] or mask.shape[2:] != image.shape[2:]:
             raise ValueError(f"PIC.{where}: mask must be (B, 1, H, W) matching image {tuple(image.shape)}, got "
                              f"{tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__}")
-        H, W = image.shape[2], image.shape[3]
-        check_image_size(H, W, 2 ** self.layers, f"PIC.{where}")
-        if H * W <= 4 ** self.layers:
-            # G's first decoder block instance-normalises the input/32 latent; with one position
-            # that is undefined (PyTorch refuses it; the output would not depend on z).
-            raise ValueError(f"PIC.{where}: image must have more than one {2 ** self.layers}x{2 ** self.layers} "
-                             f"cell (the generator's InstanceNorm at input/{2 ** self.layers} needs >1 position); "
-                             f"got {H}x{W}, use e.g. {2 ** self.layers}x{2 ** (self.layers + 1)} or larger")
+        problem = pic_size_problem(image.shape[2], image.shape[3], layers=self.layers)
+        if problem:
+            raise ValueError(f"PIC.{where}: {problem}")
 
     # ------------------------------------------------------------------ training
     def forward_train(self, image: Tensor, mask: Tensor, *, generator: Optional[torch.Generator] = None
                       ) -> Dict[str, Any]:
-        """PIC's two-path forward (pic.md §3.5).
+        """PIC's two-path forward (docs/pic.md#two-path-training-forward).
 
         Args:
             image: (B, 3, H, W) in [0, 1]; H, W multiples of 32.
@@ -227,7 +223,7 @@ class PIC(nn.Module):
                     sigma_m=sigma_m)
 
     def discriminator_loss(self, out: Dict[str, Any], image: Tensor) -> Tuple[Tensor, Dict[str, float]]:
-        """LSGAN losses of D and D_rec (pic.md §3.6), generator outputs detached.
+        """LSGAN losses of D and D_rec (docs/pic.md#losses), generator outputs detached.
 
         ``loss_img_d = ½[MSE(D(gt), 1) + MSE(D(img_g[-1]), 0)]``, ``loss_img_d_rec`` the same with
         D_rec and img_rec[-1]. Returns ``(loss_img_d + loss_img_d_rec, {name: value})``.
@@ -244,7 +240,7 @@ class PIC(nn.Module):
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
     def generator_loss(self, out: Dict[str, Any], image: Tensor, mask: Tensor) -> Tuple[Tensor, Dict[str, float]]:
-        """E+G loss: PIC's six terms with its default weights (pic.md §3.6).
+        """E+G loss: PIC's six terms with its default weights (docs/pic.md#losses).
 
         ``loss_kl_rec = 80·mean(kl_rec)``, ``loss_kl_g = 80·mean(kl_g)``,
         ``loss_app_rec = 20·Σ_s mean|img_rec_s − gt_s|``, ``loss_app_g = 20·Σ_s mean|m_s·img_g_s − m_s·gt_s|``
@@ -281,7 +277,7 @@ class PIC(nn.Module):
     def sample(self, image: Tensor, mask: Tensor, k: int, *, generator: Optional[torch.Generator] = None,
                deterministic: bool = False, batch_size: Optional[int] = None,
                update_spectral_norm: bool = False) -> Tensor:
-        """K completions per image from the conditional prior (pic.md §3.9).
+        """K completions per image from the conditional prior (docs/pic.md#sampling).
 
         Args:
             image: (B, 3, H, W) in [0, 1] (hole pixels are ignored); H, W multiples of 32.

@@ -1,6 +1,6 @@
 """PIC's architecture: its residual blocks and its three networks (encoder, generator, discriminator).
 
-Behaviour from shared/reference/pic.md §2–§3 (Zheng/Cham/Cai, CVPR 2019); no code was copied.
+Behaviour as docs/pic.md describes it (Zheng/Cham/Cai, CVPR 2019).
 Every convolution except the attention's ``query_conv`` is spectral-normed with PIC's variant
 (:mod:`inpaint_fast.nn.spectral_norm`); activations are LeakyReLU(0.1) except the ResBlock inside
 the attention layer (0.01, :class:`inpaint_fast.nn.PreActResBlock`).
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import PreActResBlock, ShortLongAttention, SpectralNormConv2d, SpectralNormConvTranspose2d
+from .sizes import pic_discriminator_minimum
 
 __all__ = [
     "LEAKY_SLOPE",
@@ -37,19 +38,11 @@ __all__ = [
     "ResDiscriminator",
     "ResEncoder",
     "ResGenerator",
-    "check_image_size",
     "resblock_pic_aliases",
 ]
 
 # PIC's get_nonlinearity_layer('LeakyReLU') → nn.LeakyReLU(0.1), used by every block of E, G, D.
 LEAKY_SLOPE = 0.1
-
-
-def check_image_size(height: int, width: int, multiple: int, where: str, minimum: int = 0) -> None:
-    """Raise ``ValueError`` naming ``where`` unless both sides are multiples of ``multiple`` and ≥ ``minimum``."""
-    if height % multiple or width % multiple or height < max(minimum, multiple) or width < max(minimum, multiple):
-        need = f"positive multiples of {multiple}" + (f" and at least {minimum}" if minimum else "")
-        raise ValueError(f"{where}: image height and width must be {need}; got {height}x{width}")
 
 
 def _norm(kind: Optional[str], channels: int) -> Optional[nn.Module]:
@@ -70,7 +63,7 @@ def resblock_pic_aliases(has_norm: bool) -> Dict[str, str]:
     """PIC's Sequential names → our attribute names for a pre-activation ResBlock (and the decoder).
 
     PIC builds ``model = Sequential([norm(in)], act, conv1, [norm(hidden)], act, conv2)`` and
-    ``shortcut = Sequential(bypass)`` (pic.md §3.1), so without norms conv1/conv2 are
+    ``shortcut = Sequential(bypass)`` (docs/pic.md#official-checkpoint-layout), so without norms conv1/conv2 are
     ``model.1``/``model.3`` and with norms ``model.2``/``model.5`` (norms at ``model.0``/``model.3``,
     registered only there). ``bypass`` is ``shortcut.0``. Also right for
     :class:`inpaint_fast.nn.PreActResBlock` (the no-norm case).
@@ -222,7 +215,7 @@ def _channels(base: int, mult: int, cap: int) -> int:
 
 
 class ResEncoder(nn.Module):
-    """PIC's encoder E (``ResEncoder``; pic.md §3.2), shared by the two paths.
+    """PIC's encoder E (``ResEncoder``; docs/pic.md#encoder-e), shared by the two paths.
 
     Trunk: ``block0`` (ResBlockEncoderOptimized 3→ngf), then ``encoder0..layers-2`` (ResBlock,
     down, hidden = C_in); features f[0..layers-1] are the outputs of these blocks (f[2] at
@@ -290,7 +283,7 @@ class ResEncoder(nn.Module):
 
 
 class ResGenerator(nn.Module):
-    """PIC's generator G (``ResGenerator``; pic.md §3.3) with the short+long attention at input/8.
+    """PIC's generator G (``ResGenerator``; docs/pic.md#generator-g) with the short+long attention at input/8.
 
     ``generator`` (ResBlock z_nc→C, no norm) on z, plus f_m; then ``decoder0..layers-1``
     (ResBlockDecoder with InstanceNorm, each doubling the size; +3 input channels after each
@@ -355,7 +348,7 @@ class ResGenerator(nn.Module):
 
 
 class ResDiscriminator(nn.Module):
-    """PIC's discriminator (``ResDiscriminator``; pic.md §3.4); used twice (D and D_rec).
+    """PIC's discriminator (``ResDiscriminator``; docs/pic.md#discriminators-d-and-d_rec); used twice (D and D_rec).
 
     ``block0`` (ResBlockEncoderOptimized 3→ndf), ``encoder0..layers-2`` (ResBlock down, hidden =
     C_in), ``attn2`` (ShortLongAttention before encoder2, self-attention only: its inner ResBlock
@@ -386,7 +379,7 @@ class ResDiscriminator(nn.Module):
         self.conv = SpectralNormConv2d(c, 1, 3)
 
     def forward(self, x: Tensor) -> Tensor:
-        minimum = 3 * 2 ** self.layers  # the unpadded 3x3 conv needs 3 pixels after `layers` halvings
+        minimum = pic_discriminator_minimum(self.layers)
         if x.dim() != 4 or x.shape[2] < minimum or x.shape[3] < minimum:
             raise ValueError(f"ResDiscriminator: input must be (B, C, H, W) with H, W >= {minimum}; "
                              f"got shape {tuple(x.shape)}")

@@ -1,6 +1,7 @@
 """Reading PIC's official checkpoints (``<iter>_net_{E,G,D,D_rec}.pth``) into our networks.
 
-PIC's layout (pic.md §3.7; inferred from PyTorch's ``state_dict`` rules, not from a real file):
+PIC's layout (docs/pic.md#official-checkpoint-layout; inferred from PyTorch's ``state_dict`` rules,
+not from a real file):
 
 * an optional ``module.`` prefix on every key (saved from ``DataParallel``);
 * a spectral-normed conv ``X`` stores ``X.module.{weight_bar, weight_u, weight_v, bias}`` (PIC's
@@ -8,7 +9,8 @@ PIC's layout (pic.md §3.7; inferred from PyTorch's ``state_dict`` rules, not fr
 * each such conv is registered twice, as an attribute and inside an ``nn.Sequential``, so it
   appears under both names (equal tensors); norm layers exist only inside the Sequential.
 
-The Sequential indices assumed per block (from the Sequential contents in pic.md §3.1; our blocks
+The Sequential indices assumed per block (from the Sequential contents of PIC's blocks,
+docs/pic.md#official-checkpoint-layout; our blocks
 return them from ``pic_aliases()``)::
 
     ResBlock, ResBlockDecoder, PreActResBlock (no norm):  model.1 = conv1, model.3 = conv2,
@@ -23,7 +25,8 @@ return them from ``pic_aliases()``)::
                                                           its ``model`` is a PreActResBlock
     ResDiscriminator.conv:                                a bare SN conv: conv.module.*, once
 
-Two assumptions beyond pic.md's text, both failing loudly if wrong: PIC's norm layers are
+Two assumptions beyond what PIC's module structure implies (docs/pic.md#official-checkpoint-layout),
+both failing loudly if wrong: PIC's norm layers are
 constructed inline in the Sequential (no attribute of their own, so they appear once, as
 ``model.0``/``model.3``); if a real file also had them under an attribute name, a strict load
 would list those keys as unexpected. D's final conv is a bare SN conv attribute (``conv.module.*``).

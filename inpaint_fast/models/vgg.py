@@ -1,6 +1,6 @@
 """VGG16's first three blocks (pool1, pool2, pool3), frozen, for DFNet's perceptual and style loss.
 
-DFNet's loss (shared/reference/dfnet.md §3.1) uses torchvision's ImageNet ``vgg16`` on raw [0, 1]
+DFNet's loss (docs/dfnet.md#loss) uses torchvision's ImageNet ``vgg16`` on raw [0, 1]
 input (no mean/std normalisation) and takes the outputs of its first three **max-pool** layers.
 :class:`VGG16Features` holds exactly the layers that needs, ``features[0:17]`` of torchvision's
 layout, under torchvision's indices, so a torchvision state dict loads key for key::

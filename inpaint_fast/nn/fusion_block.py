@@ -1,7 +1,8 @@
 """``FusionBlock``: drop-in replacement for DFNet's fusion block on the fused op.
 
 The submodules are real ``nn.Conv2d`` / ``nn.BatchNorm2d`` placed so that the state-dict keys are
-exactly DFNet's (shared/reference/dfnet.md §1, §2.5) and an official state dict loads with
+exactly DFNet's (docs/fusion_block.md#inputs-and-outputs, docs/dfnet.md#state-dict-keys-and-counts)
+and an official state dict loads with
 ``strict=True``; initial values are PyTorch's defaults, as in DFNet. Layout (c = c_feat,
 A = c_alpha)::
 
@@ -80,7 +81,7 @@ class FusionBlock(nn.Module):
             network builds its blocks with, and what its released weights hold).
         backend: backend of the fused op (``None`` = the global default).
 
-    Math (dfnet.md §1.2)::
+    Math (docs/fusion_block.md#forward)::
 
         X_k = bilinear_resize(image → h×w, align_corners=False)
         R   = sigmoid(conv1x1_{c→3}(F))

@@ -2,7 +2,7 @@
 
 Same parameters, same state-dict names (``query_conv``, ``gamma``, ``alpha``, ``model``), same
 forward contract ``forward(x, pre=None, mask=None) -> (out, attention)`` as ``Auto_Attn``
-(shared/reference/pic.md §1), except that the N×N attention map is only computed when asked for
+(docs/pic.md#the-attention-layer), except that the N×N attention map is only computed when asked for
 (``return_attention=True``): no PIC caller reads it, and never materialising it is the point of
 the fused op.
 
@@ -39,7 +39,7 @@ from .spectral_norm import SpectralNormConv2d
 __all__ = ["PreActResBlock", "ShortLongAttention", "convert_auto_attn_state_dict"]
 
 # PIC's ResBlock default nonlinearity is nn.LeakyReLU() (slope 0.01), which Auto_Attn's block
-# keeps, unlike the 0.1 used by every other block of the networks (pic.md §1.1, §3.1).
+# keeps, unlike the 0.1 used by every other block of the networks (docs/pic.md#conventions).
 RESBLOCK_LEAKY_SLOPE = 0.01
 
 
@@ -83,7 +83,7 @@ class ShortLongAttention(nn.Module):
         backend: backend of the fused op (``None`` = the global default, see
             :mod:`inpaint_fast.backends`).
 
-    Parameters (PIC's names and initial values, pic.md §1.1):
+    Parameters (PIC's names and initial values, docs/pic.md#the-attention-layer):
         query_conv: ``nn.Conv2d(C, C // 4, 1)`` with bias, orthogonal init with gain 0.02, bias 0.
         gamma: (1,) zeros. alpha: (1,) zeros.
         model: :class:`PreActResBlock` (2C → C, hidden C), spectral-normed convs.
@@ -116,7 +116,7 @@ class ShortLongAttention(nn.Module):
         """PIC's ``init_weights('orthogonal', gain=0.02)``; it reaches only ``query_conv``.
 
         The SN convs keep PyTorch's default init because PIC's wrapper hides their ``weight``
-        from the initialiser (pic.md §3.1 "init caveat").
+        from the initialiser (docs/pic.md#spectral-norm, "Initialisation").
         """
         nn.init.orthogonal_(self.query_conv.weight, gain=0.02)
         nn.init.zeros_(self.query_conv.bias)
@@ -162,7 +162,7 @@ class ShortLongAttention(nn.Module):
         return out, attention
 
     def load_pic_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, prefix: str = ""):
-        """Load an ``Auto_Attn`` state dict in PIC's checkpoint layout (pic.md §3.7).
+        """Load an ``Auto_Attn`` state dict in PIC's checkpoint layout (docs/pic.md#official-checkpoint-layout).
 
         Accepts the layout as saved: optional DataParallel ``module.`` prefix, each SN conv twice
         (attribute and ``Sequential`` index), SN tensors under ``.module.``. See
@@ -207,7 +207,7 @@ class ShortLongAttention(nn.Module):
 # PIC's ResBlock registers each SN conv twice: as an attribute (conv1, conv2, bypass) and inside
 # Sequentials. Without a norm (Auto_Attn's case) the main branch is Sequential(act, conv1, act,
 # conv2), so conv1 and conv2 sit at indices 1 and 3, and the shortcut is Sequential(bypass)
-# (pic.md §3.1, §3.7). Indices 1/3 are our reading of that layout; a checkpoint with other
+# (docs/pic.md#official-checkpoint-layout). Indices 1/3 are our reading of that layout; a checkpoint with other
 # indices is reported as unexpected keys, never loaded silently into the wrong conv.
 _SEQUENTIAL_ALIASES = {
     "model.model.1.": "model.conv1.",
@@ -264,7 +264,7 @@ def _convert(state_dict: Mapping[str, Tensor], prefix: str) -> Tuple["OrderedDic
 def convert_auto_attn_state_dict(state_dict: Mapping[str, Tensor], prefix: str = "") -> "OrderedDict[str, Tensor]":
     """PIC ``Auto_Attn`` checkpoint entries → :class:`ShortLongAttention`'s state-dict layout.
 
-    PIC's layout (pic.md §3.7), per spectral-normed conv ``X`` in {conv1, conv2, bypass}::
+    PIC's layout (docs/pic.md#official-checkpoint-layout), per spectral-normed conv ``X`` in {conv1, conv2, bypass}::
 
         [module.][prefix]model.X.module.{weight_bar, weight_u, weight_v, bias}
         [module.][prefix]model.model.{1,3}.module.{...}      (conv1, conv2: the Sequential copy)

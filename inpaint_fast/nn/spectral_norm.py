@@ -1,6 +1,6 @@
 """Spectral-normalised convolution with the behaviour of PIC's ``SpectralNorm`` wrapper.
 
-PIC (shared/reference/pic.md §3.1) wraps every convolution except ``Auto_Attn.query_conv`` in
+PIC (docs/pic.md#spectral-norm) wraps every convolution except ``Auto_Attn.query_conv`` in
 its own spectral norm, which differs from ``torch.nn.utils.spectral_norm`` in ways that change
 the numbers a checkpoint produces:
 
@@ -113,7 +113,7 @@ class SpectralNormConv2d(_SpectralNormBase):
         bias: whether the conv has a bias (PIC's always do).
 
     Initialisation is PyTorch's default ``nn.Conv2d`` init (uniform ±1/√fan_in for weight and
-    bias), which is what PIC's spectral-normed convs keep (pic.md §3.1 "init caveat"); ``u`` and
+    bias), which is what PIC's spectral-normed convs keep (docs/pic.md#spectral-norm, "Initialisation"); ``u`` and
     ``v`` start as normalised standard-normal vectors. The 2-D view is (C_out, C_in·kH·kW).
 
     Forward: x (B, C_in, H, W) → (B, C_out, H', W'). Each call, training or eval, first updates
@@ -160,7 +160,7 @@ class SpectralNormConvTranspose2d(_SpectralNormBase):
         bias: whether the conv has a bias (PIC's always do).
 
     ``weight_bar`` is (C_in, C_out, kH, kW), PyTorch's transposed-conv layout, and PIC's wrapper
-    views it as ``W.view(C_in, -1)`` (pic.md §3.1), so ``weight_u`` has C_in entries and
+    views it as ``W.view(C_in, -1)`` (docs/pic.md#spectral-norm), so ``weight_u`` has C_in entries and
     ``weight_v`` C_out·kH·kW. That is the transpose of what ``torch.nn.utils.spectral_norm``
     (``dim=1``) estimates; both matrices have the same largest singular value, but one power
     iteration from the stored u/v gives a different σ, so the choice matters for checkpoints.

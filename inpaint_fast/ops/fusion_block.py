@@ -19,17 +19,27 @@ from torch import Tensor
 from .. import reference
 from ._autocast import autocast_dtype
 from ._registration import register_backends, stat_dtype
-from ._validation import check_same_device, check_same_dtype, check_shape, check_tensor
+from ._validation import (
+    check_same_device,
+    check_same_dtype,
+    check_shape,
+    check_tensor,
+    check_values,
+)
 
-__all__ = ["fusion_block"]
+__all__ = ["PARAM_NAMES", "RUNNING_STATS", "TRAINABLE", "fusion_block"]
 
 OP = "fusion_block"
 
-_PARAM_NAMES = (
+# The block's 16 parameters and buffers in the op's order (csrc/ops.cpp), its four BatchNorm running
+# statistics (updated in training, read in eval) and the 12 trainable ones (the backward's order).
+PARAM_NAMES = (
     "map_weight", "map_bias", "conv1_weight", "conv1_bias", "bn1_weight", "bn1_bias",
     "bn1_running_mean", "bn1_running_var", "conv2_weight", "conv2_bias", "bn2_weight", "bn2_bias",
     "bn2_running_mean", "bn2_running_var", "conv3_weight", "conv3_bias",
 )  # fmt: skip
+RUNNING_STATS = ("bn1_running_mean", "bn1_running_var", "bn2_running_mean", "bn2_running_var")
+TRAINABLE = tuple(k for k in PARAM_NAMES if k not in RUNNING_STATS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,7 +52,7 @@ def _validate(feat, image, params, training) -> None:
     check_shape(OP, "image", image, (B, 3, None, None), "(B, 3, H, W)", "the batch of `feat`, 3 colour channels")
     if min(h, w, image.shape[2], image.shape[3]) < 1 or c < 1:
         raise ValueError(f"{OP}: empty input: feat {tuple(feat.shape)}, image {tuple(image.shape)}")
-    p = dict(zip(_PARAM_NAMES, params))
+    p = dict(zip(PARAM_NAMES, params))
     for name, t in p.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{OP}: `{name}` must be a tensor, got {type(t).__name__}")
@@ -73,6 +83,10 @@ def _validate(feat, image, params, training) -> None:
         check_shape(OP, name, p[name], shape, layout)
     check_same_dtype(OP, "feat", feat, image=image, **p)
     check_same_device(OP, "feat", feat, image=image, **p)
+    # In training the running statistics are only updated, never used: a check there would read
+    # them (and synchronise) on every call, since each call changes them.
+    checked = {k: v for k, v in p.items() if not (training and "running" in k)}
+    check_values(OP, finite=checked, nonnegative=("bn1_running_var", "bn2_running_var"))
     if training and B * h * w < 2:
         raise ValueError(
             f"{OP}: training-mode BatchNorm needs more than one value per channel, got feat of shape "
@@ -169,7 +183,7 @@ def _op_runner(fwd_name: str):
         )
         if training:
             count = feat.shape[0] * feat.shape[2] * feat.shape[3]
-            p = dict(zip(_PARAM_NAMES, params))
+            p = dict(zip(PARAM_NAMES, params))
             _update_running_stats(p["bn1_running_mean"], p["bn1_running_var"], bn1_mean, bn1_var, count, momentum)
             _update_running_stats(p["bn2_running_mean"], p["bn2_running_var"], bn2_mean, bn2_var, count, momentum)
         return out, alpha, raw

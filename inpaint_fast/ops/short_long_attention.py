@@ -26,7 +26,7 @@ from ._validation import (
     check_scalar,
     check_shape,
     check_tensor,
-    check_unit_range,
+    check_values,
 )
 
 __all__ = ["short_long_attention"]
@@ -70,8 +70,7 @@ def _validate(q, x, gamma, pre, mask, alpha, scale) -> None:
         check_scalar(OP, "alpha", alpha)
     check_same_dtype(OP, "x", x, q=q, pre=pre)
     check_same_device(OP, "x", x, q=q, gamma=gamma, pre=pre, mask=mask, alpha=alpha)
-    if mask is not None:
-        check_unit_range(OP, "mask", mask)
+    check_values(OP, finite={"q": q, "gamma": gamma, "alpha": alpha}, unit_range={"mask": mask})
 
 
 # ---------------------------------------------------------------------------------------------

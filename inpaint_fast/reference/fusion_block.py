@@ -1,7 +1,6 @@
 """Reference fusion block (DFNet), in plain PyTorch.
 
-The specification every fused backend is tested against (DESIGN.md §1.2,
-shared/reference/dfnet.md §1):
+The specification every fused backend is tested against (docs/fusion_block.md):
 
     X_k = bilinear_resize(image → h×w, align_corners=False)                  (B, 3, h, w)
     R   = sigmoid(conv1x1_{c→3}(F))                                            raw completion

@@ -1,7 +1,7 @@
 """Reference short+long-range attention (PIC's ``Auto_Attn`` core), in plain PyTorch.
 
-This is the specification every fused backend is tested against (DESIGN.md §1.1,
-shared/reference/pic.md §1.2 and §4). It materialises the N×N attention map, exactly as the
+This is the specification every fused backend is tested against (docs/short_long_attention.md#forward;
+numerics: docs/short_long_attention.md#numerics). It materialises the N×N attention map, exactly as the
 original does, so it is meant for parity tests, gradcheck and small inputs.
 
 Math, with N = H·W positions flattened row-major:

@@ -1,9 +1,12 @@
 """Training checkpoints: atomic writes, exact-resume state, and finding the latest one.
 
 A checkpoint is one ``torch.save`` file (a dict) under ``OUT/checkpoints/step_<step>.pt``. It is
-written to a temporary file in the same folder, flushed, fsync'ed and moved into place with
-``os.replace``, so a crash or an exception while saving never leaves a partial ``step_*.pt``
-behind: either the old set of checkpoints or the new one is on disk.
+written with :func:`~inpaint_fast.training.files.atomic_write` (a temporary file in the same
+folder, fsync'ed, moved into place with ``os.replace``, the folder fsync'ed), so a crash or an
+exception while saving never leaves a partial ``step_*.pt`` behind: either the old set of
+checkpoints or the new one is on disk. The files get the permissions ``open()`` would give them
+(0666 less the umask). A process killed mid-save leaves its hidden temporary file, which
+:func:`remove_partial_checkpoints` deletes on resume.
 
 Everything in it loads with ``torch.load(weights_only=True)``: RNG states of numpy and Python
 are converted to tensors and plain tuples first.
@@ -14,13 +17,13 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from .errors import MissingFileError, UsageError
+from .files import atomic_write, remove_partial_writes
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -33,6 +36,7 @@ __all__ = [
     "load_checkpoint",
     "prune_checkpoints",
     "read_torch_file",
+    "remove_partial_checkpoints",
     "restore_rng_state",
 ]
 
@@ -55,37 +59,17 @@ def checkpoint_path(out_dir: str, step: int) -> str:
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save(obj)`` to ``path`` so that ``path`` is either absent/old or complete.
+    """``torch.save(obj)`` to ``path`` so that ``path`` is either absent/old or complete (see
+    :func:`~inpaint_fast.training.files.atomic_write`: on any exception, a full disk included,
+    nothing but the error is left behind)."""
+    # torch.save into a Python file object: given a path, torch's own writer reports a full disk as a
+    # RuntimeError of its C++ zip writer instead of the OSError(ENOSPC) the trainer turns into advice
+    atomic_write(path, lambda f: torch.save(obj, f))
 
-    The bytes go to a hidden temporary file next to ``path`` (same file system, so the final
-    ``os.replace`` is atomic), are fsync'ed, then renamed; the folder is fsync'ed too so the rename
-    survives a power cut. On any exception the temporary file is removed and the error re-raised.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename durable; not every platform lets you open a folder
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+
+def remove_partial_checkpoints(out_dir: str) -> List[str]:
+    """Delete the temporary files of checkpoint saves that were killed midway; returns their paths."""
+    return remove_partial_writes(checkpoint_dir(out_dir), _NAME)
 
 
 def list_checkpoints(out_dir: str) -> List[tuple]:

@@ -10,6 +10,16 @@ else lives in :class:`Trainer`. Output folder layout::
 
 (:data:`RUN_OUTPUTS`; :func:`remove_run_outputs` clears them for a fresh run in the same folder.)
 
+Surviving a kill: a step's files are written in the order metrics row, sample grid, checkpoint,
+each one complete or not at all (``files.atomic_write``; the metrics row is appended and
+fsync'ed), so whenever a run dies, every row up to its last checkpoint is on disk. ``--resume
+auto`` continues from that checkpoint, deletes the temporary files of writes the kill cut short,
+and drops the rows past the checkpoint's step (``metrics_log.trim``), which the resumed run
+logs again. A checkpoint also holds each rank's unlogged metric sums (the steps since the last
+row), so the rows of a resumed run equal those of an uninterrupted one at any --log-every.
+An OSError while writing under OUT (a full disk, a read-only file system) stops the run with an
+:class:`~.errors.OutputError` that names the file and the last complete checkpoint.
+
 Exact resume: the data order is a function of (seed, epoch) (:class:`ResumableSampler`), each
 example's randomness a function of (seed, epoch, index) (the dataset's ``set_epoch``), and a
 checkpoint stores the position in the epoch and every rank's RNG states. The DataLoader draws
@@ -23,21 +33,24 @@ every rank).
 
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
 import os
 import random
+import re
 import shutil
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from . import metrics_log
 from .amp import Precision
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -47,17 +60,23 @@ from .checkpoint import (
     latest_checkpoint,
     prune_checkpoints,
     read_torch_file,
+    remove_partial_checkpoints,
     restore_rng_state,
 )
 from .distributed import DistInfo, all_gather_object, all_reduce_mean, barrier
-from .errors import MissingFileError, UsageError
+from .errors import MissingFileError, OutputError, UsageError
+from .files import remove_partial_writes
 from .sampling import ResumableSampler
 from .visuals import make_grid, save_png
 
 __all__ = ["RUN_OUTPUTS", "TrainConfig", "TrainTask", "Trainer", "rank_seed", "remove_run_outputs"]
 
 # What a run writes under its output folder (see the module docstring).
-RUN_OUTPUTS = ("checkpoints", "samples", "metrics.jsonl")
+RUN_OUTPUTS = ("checkpoints", "samples", metrics_log.FILE_NAME)
+_SAMPLE_NAME = re.compile(r"^step_\d+\.png$")
+# What to do about an OSError while writing under --out, by errno (the rest: fix its cause).
+_WRITE_FIXES = {errno.ENOSPC: "free space on its disk", errno.EDQUOT: "free space within your disk quota",
+                errno.EROFS: "make it writable", errno.EACCES: "make it writable", errno.EPERM: "make it writable"}
 RESUME_EXPECTED = "pass a checkpoint written by inpaint-fast train (OUT/checkpoints/step_*.pt), or --resume auto"
 
 
@@ -68,9 +87,10 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def remove_run_outputs(out_dir: str) -> List[str]:
-    """Delete the :data:`RUN_OUTPUTS` of a previous run in ``out_dir`` (other files stay); returns
-    the paths removed. Call it on one process only: two processes deleting one tree race."""
-    removed = []
+    """Delete the :data:`RUN_OUTPUTS` of a previous run in ``out_dir`` (other files stay; the
+    temporary file of an interrupted metrics rewrite goes too); returns the paths removed. Call it
+    on one process only: two processes deleting one tree race."""
+    removed = metrics_log.remove_partial(out_dir)
     for name in RUN_OUTPUTS:
         path = os.path.join(out_dir, name)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -81,6 +101,21 @@ def remove_run_outputs(out_dir: str) -> List[str]:
             continue
         removed.append(path)
     return removed
+
+
+def output_error(exc: OSError, path: str, out_dir: str) -> OutputError:
+    """The one-line error for ``exc``, raised while writing ``path`` of the run in ``out_dir``:
+    the cause in words, the checkpoint that is intact, and how to go on."""
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    try:
+        latest = latest_checkpoint(out_dir)
+    except OSError:  # the folder cannot even be listed: say nothing about what it holds
+        kept = "its checkpoints could not be listed"
+    else:
+        kept = f"the last complete checkpoint, {latest}, is intact" if latest else "no checkpoint was written yet"
+    fix = _WRITE_FIXES.get(exc.errno, f"fix the cause ({type(exc).__name__})")
+    return OutputError(f"--out: {reason} while writing {path}; {kept}. To go on, {fix} (or copy the run to "
+                       "another --out) and continue it with --resume auto")
 
 
 def _seed_everything(seed: int) -> None:
@@ -187,6 +222,9 @@ class Trainer:
         self.epoch = 0
         self.position = 0  # batches of `epoch` already consumed
         self.history: List[Dict[str, Any]] = []  # logged rows (rank 0)
+        # this rank's metric sums over the steps since the last logged row (checkpointed)
+        self.window_sums: Dict[str, float] = {}
+        self.window_count = 0
         self.sampler = ResumableSampler(dataset, num_replicas=self.info.world_size, rank=self.info.rank,
                                         shuffle=True, seed=config.seed, drop_last=True)
         self.batches_per_epoch = self.sampler.full_length() // config.batch_size
@@ -218,7 +256,7 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
 
-    def state_dict(self, rng_states: List[Dict[str, Any]]) -> Dict[str, Any]:
+    def state_dict(self, rng_states: List[Dict[str, Any]], windows: List[Dict[str, Any]]) -> Dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
             "task": self.task.name,
@@ -232,17 +270,21 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.task.optimizers().items()},
             "precision": self.precision.state_dict(),
             "rng": rng_states,
+            "log_window": windows,
             "args": dict(self.config.args),
         }
 
     def save_checkpoint(self) -> Optional[str]:
-        """Write ``OUT/checkpoints/step_<step>.pt`` (rank 0; every rank must call: RNGs are gathered)."""
-        rng_states = all_gather_object(capture_rng_state(), self.info)
+        """Write ``OUT/checkpoints/step_<step>.pt`` (rank 0; every rank must call: RNG states and
+        metric sums are gathered). Raises OutputError when it cannot be written."""
+        window = {"sums": dict(self.window_sums), "count": self.window_count}
+        gathered = all_gather_object((capture_rng_state(), window), self.info)
         if not self.info.is_main:
             return None
         path = checkpoint_path(self.config.out_dir, self.step)
-        atomic_save(self.state_dict(rng_states), path)
-        prune_checkpoints(self.config.out_dir, self.config.keep_checkpoints)
+        with self._writing(path):
+            atomic_save(self.state_dict([g[0] for g in gathered], [g[1] for g in gathered]), path)
+            prune_checkpoints(self.config.out_dir, self.config.keep_checkpoints)
         return path
 
     def _resolve_resume(self) -> Optional[str]:
@@ -280,6 +322,7 @@ class Trainer:
                  and ckpt.get("seed") == self.config.seed)
         if exact:
             restore_rng_state(ckpt["rng"][self.info.rank])
+            self._restore_window(ckpt.get("log_window"))
         else:
             if self.info.is_main:
                 warnings.warn(
@@ -293,28 +336,52 @@ class Trainer:
         if self.position >= self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
 
-    # -- logging --------------------------------------------------------------------------------
+    def _restore_window(self, windows: Optional[List[Dict[str, Any]]]) -> None:
+        """This rank's unlogged metric sums from a checkpoint (absent in checkpoints of earlier
+        versions: the first row after the resume then averages fewer steps)."""
+        if windows is None:
+            return
+        window = windows[self.info.rank]
+        self.window_sums, self.window_count = dict(window["sums"]), int(window["count"])
+
+    # -- files under OUT ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self, path: str) -> Iterator[None]:
+        """Turn an OSError raised while writing ``path`` into an :class:`OutputError`."""
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, UsageError):  # MissingFileError is also an OSError; already worded
+                raise
+            raise output_error(exc, path, self.config.out_dir) from exc
 
     def _metrics_path(self) -> str:
-        return os.path.join(self.config.out_dir, "metrics.jsonl")
+        return metrics_log.metrics_path(self.config.out_dir)
 
-    def _trim_metrics(self) -> None:
-        """On resume, drop logged rows past the checkpoint's step (they will be logged again); a
-        resume that finds no checkpoint starts at step 0 and so drops every row."""
+    def _clean_up_interrupted_run(self) -> None:
+        """On resume (rank 0): delete what the writes a kill cut short left, then drop the rows past
+        the checkpoint's step (a resume that finds no checkpoint starts at step 0: every row)."""
+        out = self.config.out_dir
+        with self._writing(out):
+            removed = (remove_partial_checkpoints(out) + metrics_log.remove_partial(out)
+                       + remove_partial_writes(os.path.join(out, "samples"), _SAMPLE_NAME))
+        if removed:
+            print(f"resume: deleted {len(removed)} file(s) an interrupted write left: {', '.join(removed)}",
+                  file=sys.stderr)
         path = self._metrics_path()
-        if not (self.info.is_main and os.path.isfile(path)):
-            return
-        with open(path) as f:
-            rows = [line for line in f if line.strip()]
-        kept = [line for line in rows if json.loads(line).get("step", 0) <= self.step]
-        if len(kept) != len(rows):
-            with open(path, "w") as f:
-                f.writelines(kept)
+        with self._writing(path):
+            trimmed = metrics_log.trim(path, self.step)
+        if trimmed.dropped or trimmed.torn:
+            torn = " and a half-written last line" if trimmed.torn else ""
+            print(f"resume: {path}: dropped {trimmed.dropped} row(s) past step {self.step}{torn}; "
+                  "the run logs those steps again", file=sys.stderr)
 
     def _log(self, row: Dict[str, Any]) -> None:
         self.history.append(row)
-        with open(self._metrics_path(), "a") as f:
-            f.write(json.dumps(row) + "\n")
+        path = self._metrics_path()
+        with self._writing(path):
+            metrics_log.append(path, row)
 
     def _write_samples(self, batch: Dict[str, Any]) -> Optional[str]:
         self.task.train(False)
@@ -327,7 +394,8 @@ class Trainer:
         if not columns:
             return None
         path = os.path.join(self.config.out_dir, "samples", f"step_{self.step:08d}.png")
-        save_png(make_grid(columns), path)
+        with self._writing(path):
+            save_png(make_grid(columns), path)
         return path
 
     # -- the loop -------------------------------------------------------------------------------
@@ -336,7 +404,8 @@ class Trainer:
         """Train up to ``config.steps``; returns the last logged (rank-averaged) metrics."""
         cfg, info = self.config, self.info
         if info.is_main:
-            os.makedirs(cfg.out_dir, exist_ok=True)
+            with self._writing(cfg.out_dir):
+                os.makedirs(cfg.out_dir, exist_ok=True)
         _seed_everything(rank_seed(cfg.seed, info.rank))
         example = None
         if info.distributed:  # one batch for the task's probes (PIC: which parameters never run)
@@ -350,8 +419,8 @@ class Trainer:
             if info.is_main:
                 print(f"resumed from {resume} at step {self.step} (epoch {self.epoch}, batch {self.position})",
                       file=sys.stderr)
-        if cfg.resume:  # also when "auto" found nothing: rows of a run that died before its first checkpoint
-            self._trim_metrics()
+        if cfg.resume and info.is_main:  # also when "auto" found nothing: a run that died before its first checkpoint
+            self._clean_up_interrupted_run()
         visual = self._visual_batch()
         self.task.train(True)
         last: Dict[str, float] = {}
@@ -362,8 +431,9 @@ class Trainer:
 
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.task.name}", unit="step",
                    dynamic_ncols=True, disable=not (info.is_main and cfg.progress), file=sys.stderr)
-        sums: Dict[str, float] = {}
-        count, t_last, io = 0, time.perf_counter(), 0.0  # io: seconds spent on grids/checkpoints
+        # timed: steps since t_last in this process (the window may hold steps from before a resume);
+        # io: seconds spent on grids/checkpoints since t_last
+        timed, t_last, io = 0, time.perf_counter(), 0.0
         images_per_step = cfg.batch_size * info.world_size
         try:
             while self.step < cfg.steps:
@@ -376,20 +446,23 @@ class Trainer:
                     if self.position >= self.batches_per_epoch:
                         self.epoch, self.position = self.epoch + 1, 0
                     for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                    count += 1
+                        self.window_sums[k] = self.window_sums.get(k, 0.0) + float(v)
+                    self.window_count += 1
+                    timed += 1
                     bar.update(1)
                     final = self.step >= cfg.steps
                     if (cfg.log_every and self.step % cfg.log_every == 0) or final:
-                        mean = all_reduce_mean({k: v / count for k, v in sums.items()}, info)
+                        count = self.window_count
+                        mean = all_reduce_mean({k: v / count for k, v in self.window_sums.items()}, info)
                         now = time.perf_counter()
-                        rate = count * images_per_step / max(now - t_last - io, 1e-9)
+                        rate = timed * images_per_step / max(now - t_last - io, 1e-9)
                         last = mean
                         if info.is_main:
                             self._log({"step": self.step, "epoch": self.epoch, "images_per_s": rate, **mean})
                             bar.set_postfix({**{k: f"{v:.4g}" for k, v in list(mean.items())[:6]},
                                              "img/s": f"{rate:.1f}"}, refresh=False)
-                        sums, count, t_last, io = {}, 0, now, 0.0
+                        self.window_sums, self.window_count = {}, 0
+                        timed, t_last, io = 0, now, 0.0
                     t_io = time.perf_counter()
                     if visual is not None and cfg.sample_every and self.step % cfg.sample_every == 0:
                         self._write_samples(visual)

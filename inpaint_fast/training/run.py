@@ -24,13 +24,14 @@ from .amp import slow_amp_reason
 from .checkpoint import CHECKPOINT_FORMAT, UNREADABLE, latest_checkpoint, list_checkpoints, read_torch_file
 from .distributed import (DistInfo, barrier, broadcast_object, init_distributed, parse_device,
                           shutdown_distributed)
-from .errors import MissingFileError, UsageError
+from .errors import MissingFileError, OutputError, UsageError
 from .loop import RESUME_EXPECTED, RUN_OUTPUTS, TrainConfig, Trainer, TrainTask, remove_run_outputs
 
-__all__ = ["MODEL_DEFAULTS", "MODEL_OPS", "Prepared", "check_backend", "check_out_dir", "check_size",
-           "clear_previous_run", "fit", "hole_fraction_warning", "prepare", "train"]
+__all__ = ["MODEL_DEFAULTS", "MODEL_OPS", "Prepared", "check_backend", "check_out_dir", "check_out_writable",
+           "check_size", "clear_previous_run", "fit", "hole_fraction_warning", "prepare", "train"]
 
-# The papers' recipes (pic.md §3.7-3.8, dfnet.md §3.2); every value can be overridden.
+# The papers' recipes (docs/pic.md#optimisation, docs/pic.md#data-and-masks,
+# docs/dfnet.md#training-recipe); every value can be overridden.
 MODEL_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "pic": {"size": 256, "batch": 8, "lr": 1e-4, "masks": "pic", "recipe": "pic"},
     "dfnet": {"size": 512, "batch": 6, "lr": 2e-4, "masks": "free_form", "recipe": "dfnet"},
@@ -61,15 +62,16 @@ def _fill_defaults(args: argparse.Namespace) -> None:
 
 
 def check_size(model: str, size: int, *, training: bool = True) -> None:
-    """UsageError unless ``size`` suits ``model``: PIC multiples of 32 (≥ 96 in training, where the
-    discriminators' last 3x3 conv needs 3 cells; ≥ 64 for inference), DFNet multiples of 256."""
+    """UsageError unless the model takes ``size`` x ``size`` images (inpaint_fast/models/sizes.py:
+    PIC multiples of 32, at least 64, and 96 in training; DFNet multiples of 256)."""
+    from inpaint_fast.models.sizes import dfnet_size_problem, pic_size_problem
+
     if model == "pic":
-        low = 96 if training else 64
-        if size % 32 or size < low:
-            raise UsageError(f"--size: PIC needs a multiple of 32, at least {low}{' for training' if training else ''} "
-                             f"(encoder and discriminators halve the image 5 times); got {size}")
-    elif size % 256 or size < 256:
-        raise UsageError(f"--size: DFNet needs a multiple of 256 (8 stride-2 levels); got {size}")
+        problem = pic_size_problem(size, size, training=training)
+    else:
+        problem = dfnet_size_problem(size, size)
+    if problem:
+        raise UsageError(f"--size: {'PIC' if model == 'pic' else 'DFNet'}: {problem}")
 
 
 def check_backend(name: str, model: str, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
@@ -137,12 +139,42 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise UsageError(f"{option}: expected a positive learning rate, got {value}")
 
 
+def _nearest_existing(path: str) -> str:
+    """``path``, or its closest ancestor that exists (the folder a new ``path`` is created in)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def check_out_writable(out: str) -> None:
+    """OutputError unless this process can create files in ``out`` (or create ``out``), so that a
+    read-only or foreign folder fails before the model is built rather than at the first write.
+
+    ``os.access`` asks the kernel, read-only file systems included; for root it allows any folder
+    on a writable file system, as the kernel would. Read-only, so every rank may call it.
+    """
+    folder = _nearest_existing(out)
+    if not os.path.isdir(folder):
+        raise UsageError(f"--out: cannot create {out!r}: {folder!r} is a file; pick another --out")
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    where = "" if folder == os.path.abspath(out) else f" (it would be created in {folder!r})"
+    if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & os.ST_RDONLY:
+        cause = f"{folder!r} is on a read-only file system"
+    else:
+        cause = f"this user may not create files in {folder!r}"
+    raise OutputError(f"--out: {out!r} is not writable{where}: {cause}; make it writable or pick another --out "
+                      "(nothing was written)")
+
+
 def check_out_dir(out: str, *, resume: Optional[str], overwrite: bool) -> None:
-    """UsageError unless a run may write to ``out``: it must be a folder, or not exist yet, and an
-    existing one must be empty unless ``resume`` (continue the run there) or ``overwrite`` (start
-    again: :func:`clear_previous_run`). Read-only, so every rank may call it."""
+    """UsageError unless a run may write to ``out``: it must be a writable folder, or not exist yet
+    in a writable one, and an existing one must be empty unless ``resume`` (continue the run there)
+    or ``overwrite`` (start again: :func:`clear_previous_run`). Read-only, so every rank may call it."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out: {out!r} is a file; --out names the run's folder (metrics, samples, checkpoints)")
+    check_out_writable(out)
     if resume and overwrite:
         raise UsageError("--overwrite: cannot be combined with --resume (--resume continues the run in --out, "
                          "--overwrite deletes it); pick one")
@@ -181,7 +213,11 @@ def _check_resume(args: argparse.Namespace) -> None:
     path = latest_checkpoint(args.out) if args.resume == "auto" else args.resume
     if path is None:
         return
-    ckpt = read_torch_file(path, "--resume", expected=RESUME_EXPECTED, mmap=True)
+    # --resume auto trusts every step_*.pt it finds (they are written atomically); one that is still
+    # damaged (a disk error, a copy cut short) is reported, not skipped for an older one
+    expected = ("delete it to continue from the checkpoint before it, or pass --resume PATH"
+                if args.resume == "auto" else RESUME_EXPECTED)
+    ckpt = read_torch_file(path, "--resume", expected=expected, mmap=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"--resume: {path} is not an inpaint-fast training checkpoint; {RESUME_EXPECTED}")
     if ckpt.get("task") != args.model:

@@ -1,15 +1,16 @@
 """The PIC and DFNet training tasks: each paper's optimisation step as a :class:`TrainTask`.
 
-* :class:`PICTask` (pic.md §3.7): Adam(lr 1e-4, betas (0, 0.999)) for E+G and for D+D_rec; per
+* :class:`PICTask` (docs/pic.md#optimisation): Adam(lr 1e-4, betas (0, 0.999)) for E+G and for D+D_rec; per
   step one E+G forward, a D step on both discriminators (generator outputs detached), then a G/E
   step with the discriminators frozen (so it sees the just-updated discriminators).
-* :class:`DFNetTask` (dfnet.md §3.2): Adam(lr 2e-4, default betas) — or AdamW as in the authors'
+* :class:`DFNetTask` (docs/dfnet.md#training-recipe): Adam(lr 2e-4, default betas) — or AdamW as in the authors'
   later code base — on DFNet's fused-result loss.
 
 Distributed training: each of PIC's four networks is wrapped in DDP on its own, because they
 are stepped by two optimizers in two backward passes. E and G are reduced in the G/E backward,
 D and D_rec in the D backward; in the G/E step the frozen discriminators run under ``no_sync``.
-The discriminators' attention has an inner ResBlock that never runs (pic.md §2.1): it is found
+The discriminators' attention has an inner ResBlock that never runs
+(docs/pic.md#discriminators-d-and-d_rec): it is found
 by a probe and excluded from DDP. Checkpoints, sample grids and inference always use the
 unwrapped networks (:attr:`PICTask.model`).
 """

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
+
+from .files import atomic_write
 
 __all__ = ["make_grid", "masked_input", "save_png"]
 
@@ -46,12 +47,13 @@ def make_grid(columns: Sequence[torch.Tensor], *, pad: int = 2, pad_value: float
 
 
 def save_png(image: torch.Tensor, path: str) -> None:
-    """Write a (3,H,W) or (1,H,W) tensor in [0,1] as an 8-bit PNG (rounded, not truncated)."""
+    """Write a (3,H,W) or (1,H,W) tensor in [0,1] as an 8-bit PNG (rounded, not truncated);
+    atomically, so a run killed while writing it leaves no truncated PNG."""
     from PIL import Image
 
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"image: expected (3,H,W) or (1,H,W), got {tuple(image.shape)}")
     array = (image.detach().float().clamp(0, 1).cpu() * 255.0).round().to(torch.uint8)
     array = array.permute(1, 2, 0).numpy()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)
+    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    atomic_write(path, lambda f: picture.save(f, format="PNG"))

@@ -1,6 +1,6 @@
 """fusion_block in Triton: DFNet's fusion block, forward and backward, BatchNorm train and eval.
 
-Launchers with exactly the contract of the compiled ops (csrc/ops.cpp, DESIGN.md §1.2):
+Launchers with exactly the contract of the compiled ops (csrc/ops.cpp, docs/fusion_block.md):
 
     fusion_block_fwd(feat, image, <16 params>, training, eps)
         -> (out, alpha, raw, bn1_mean, bn1_var, bn2_mean, bn2_var)
@@ -62,6 +62,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import check_index_range
+
 __all__ = ["fusion_block_fwd", "fusion_block_bwd"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -77,6 +79,8 @@ else:
     _WARPS = _WARPS_A1 = 8
 # Under the interpreter few programs (several tiles each) keep the partial-row accumulation tested.
 _INTERPRET_PROGRAMS = 3
+# On a GPU: programs per multiprocessor of the a1-level backward.
+_PROGRAMS_PER_SM = 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +307,14 @@ def _tile(tile, n_ty, n_tx, TH: tl.constexpr, TW: tl.constexpr, HALO: tl.constex
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
-@triton.jit
+# Size and count arguments are not specialised on their value (Triton would otherwise compile one
+# binary per pattern of "equals 1" / "divisible by 16" among them: ~5x the variants across DFNet's
+# levels). One pixel per thread makes every load a scalar one, so the divisibility facts buy no
+# vectorisation; strides stay specialised (a unit stride folds away).
+_SIZES = ("C", "H", "W", "h", "w", "CM", "n_ty", "n_tx", "n_tiles", "tpp")
+
+
+@triton.jit(do_not_specialize=_SIZES)
 def _map_kernel(
     feat, s_fb, s_fc, s_fh, s_fw,
     img, s_ib, s_ic, s_ih, s_iw,
@@ -346,7 +357,7 @@ def _map_kernel(
         tl.store(pp + 1 + CMP + cm, tl.sum(d * d, axis=1))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _fwd_kernel(
     feat, s_fb, s_fc, s_fh, s_fw,
     img, s_ib, s_ic, s_ih, s_iw,
@@ -437,7 +448,7 @@ def _fwd_kernel(
             tl.store(rb + 2 * hw, r2, mask=active)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _bwd_alpha_kernel(
     in_ws, gy, s_gb, s_gc, s_gh, s_gw, ga, s_ab, s_ac, s_ah, s_aw, ws2, part,
     w1p, w2, b2, mu2, is2, g2, be2, w3, b3,
@@ -540,7 +551,7 @@ def _bwd_alpha_kernel(
         tl.store(pp + 4, tl.sum(tl.where(active, n0, 0.0), axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _bwd_a1_kernel(
     feat, s_fb, s_fc, s_fh, s_fw,
     in_ws, gy, s_gb, s_gc, s_gh, s_gw, gr, s_rb, s_rc, s_rh, s_rw,
@@ -735,10 +746,24 @@ def _params(*ts: Tensor) -> Tuple[Tensor, ...]:
 
 
 def _max_programs(t: Tensor) -> int:
-    """Programs of the a1-level backward (each accumulates one partial row over its tiles)."""
+    """Programs of the a1-level backward (each accumulates one partial row over its tiles).
+
+    The count reaches the kernel as its `tpp` argument, whose value (1, a multiple of 16, or
+    neither) is part of the compiled specialisation: a kernel cache built for another GPU
+    (inpaint_fast.triton.aot, gpu_run_shapes.SM_COUNT) assumes this SM count."""
     if t.is_cuda:
-        return 4 * torch.cuda.get_device_properties(t.device).multi_processor_count
+        return _PROGRAMS_PER_SM * torch.cuda.get_device_properties(t.device).multi_processor_count
     return _INTERPRET_PROGRAMS
+
+
+def _check_ranges(feat: Tensor, image: Tensor, A: int, CMP: int, **grads: Tensor) -> None:
+    """The kernels' int32 offsets: per batch item, the inputs, the (B, 6 | 3A, h, w) workspaces
+    (``b * (6 * hw)`` forms 6·h·w in int32); over the launch, the partial-sum rows of the
+    one-program-per-tile kernels (``pid * row``, pid int32)."""
+    B, _, h, w = feat.shape
+    tiles = B * triton.cdiv(h, _TILE[0]) * triton.cdiv(w, _TILE[1])
+    check_index_range("fusion_block", feat=feat, image=image, **grads, workspace=max(6, 3 * A) * h * w,
+                      partial_rows=tiles * max(1 + 2 * CMP, A * A + 4 * A))
 
 
 def _device(t: Tensor):
@@ -780,6 +805,7 @@ def fusion_block_fwd(
     B, C, h, w = feat.shape
     H, W = image.shape[-2:]
     CM, A = conv1_weight.shape[0], conv3_weight.shape[0]
+    _check_ranges(feat, image, A, _pow2(CM))
     ct, CT = _compute_dtype(feat.dtype)
     dev = feat.device
     mw, mb, w1, b1, g1, be1, w2, b2, g2, be2, w3, b3 = _params(
@@ -878,6 +904,7 @@ def fusion_block_bwd(
     B, C, h, w = feat.shape
     H, W = image.shape[-2:]
     CM, A = conv1_weight.shape[0], conv3_weight.shape[0]
+    _check_ranges(feat, image, A, _pow2(CM), grad_out=grad_out, grad_alpha=grad_alpha, grad_raw=grad_raw)
     ct, CT = _compute_dtype(feat.dtype)
     dev = feat.device
     mw, mb, w1, b1, g1, be1, w2, b2, g2, be2, w3, b3 = _params(
@@ -917,7 +944,9 @@ def fusion_block_bwd(
         s2 = part2.double().sum(0)
         g_b3, g_w3 = s2[:A], s2[A : A + A * A]
         sdb2, sdbn2, sn2 = s2[A + A * A :].view(3, A)
-        m2a, m2b = (sdb2 / N, sdbn2 / N) if training else (sdb2 * 0, sdb2 * 0)
+        # Eval: exact zeros, not sums times 0: one NaN pixel would make every pixel's dz2 NaN.
+        zero = torch.zeros_like(sdb2)
+        m2a, m2b = (sdb2 / N, sdbn2 / N) if training else (zero, zero)
         g_b2 = k2.double() * (sdb2 - N * m2a - sn2 * m2b)  # Σdz2, from the sums
         # a1-level backward: tiles of _TILE_A1, `tpp` consecutive tiles per program, one partial
         # row per program

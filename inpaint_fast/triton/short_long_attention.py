@@ -1,6 +1,6 @@
 """short_long_attention in Triton: flash-style forward and backward of PIC's attention.
 
-Launchers with exactly the contract of the compiled ops (csrc/ops.cpp, DESIGN.md §1.1):
+Launchers with exactly the contract of the compiled ops (csrc/ops.cpp, docs/short_long_attention.md):
 
     short_long_attention_fwd(q, x, gamma, pre, mask, alpha, scale) -> (y, cf, sa, ca, lse)
     short_long_attention_bwd(grad_y, grad_cf, q, x, gamma, pre, mask, alpha, sa, ca, lse, scale)
@@ -30,10 +30,17 @@ Kernels (all read NCHW tensors through their strides; position n = h·W + w):
   channel fits one chunk it also does the "dK" half (``FUSE_DK``, FlashAttention-2's dK/dV loop),
   so the KEY_SIDE launch is skipped.
 
-Precision: fp32 follows ``torch.get_float32_matmul_precision()`` ("highest" → ``ieee`` dots,
-otherwise ``tf32``); fp16/bf16 multiply in their dtype and accumulate in fp32; fp64 computes in
-fp64 (meant for the interpreter's gradcheck). Under ``TRITON_INTERPRET=1`` a single small config
-is used so CPU tests stay fast; on a GPU the tile sizes are autotuned.
+Precision: fp32 follows PyTorch's float32 matmul setting for CUDA (either API; see
+``inpaint_fast.triton.fp32_matmul_allows_tf32``): TF32 allowed → ``tf32`` dots, the default
+("highest") → ``tf32x3`` (3xTF32, about fp32 accuracy on tensor cores; see ``_precision``);
+fp16/bf16 multiply in their dtype and accumulate in fp32; fp64 computes in fp64 (meant for the
+interpreter's gradcheck). Under ``TRITON_INTERPRET=1`` a single small tile is used so CPU tests stay
+fast; on a GPU the tile sizes are autotuned over ``TILES`` (or fixed to each list's first entry with
+``INPAINT_FAST_TRITON_AUTOTUNE=0``).
+
+Index range: per-image offsets (``pid_b * s_xb`` is int64, everything inside an image int32) are
+int32, so every (B, ·, H, W) tensor must have C·H·W < 2³¹ elements per image; the launchers refuse
+larger inputs up front (``_check_index_range``) instead of reading out of bounds.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import autotune_enabled, check_index_range, fp32_matmul_allows_tf32
+
 __all__ = ["short_long_attention_fwd", "short_long_attention_bwd"]
 
 _LOG2E = 1.4426950408889634
@@ -54,25 +63,137 @@ _LN2 = 0.6931471805599453
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Widest value-channel chunk one program holds (accumulators are BLOCK × BLOCK_V per stream).
 MAX_BLOCK_V = 128
-# Row block of the preprocessing kernel (its partial-sum buffers are sized from it).
+# Row block of the preprocessing kernel (its partial-sum buffers are sized from it), and its
+# (widest channel chunk, warps): (64, 4) spilled 1.6 KB with Triton 3.9 (four 64×64 fp32 tiles
+# per step); 32-wide chunks compile to ~160 registers with both Triton versions.
 _PRE_BLOCK = 32 if _INTERPRET else 64
+PRE_TILE = (32, 4)
 
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
-def _configs(kind: str):
-    """Tile configs: one small fixed config under the interpreter, a short list on a GPU."""
+# Tile configurations (BLOCK_M, BLOCK_N, num_warps, num_stages) per target, kernel and operand
+# class, the class being "half" (fp16/bf16 operands), the fp32 dot precision ("tf32", "tf32x3") or
+# "ieee" (fp64). Kernels: "fwd", "dq" (_bwd_dq_kernel, both halves), "dkdv" (_bwd_dkdv_kernel) and
+# "dkdv_fused" (the same with FUSE_DK: it holds x_j, pre_j and a third accumulator across its loop).
+# The first entry of each list is the fixed configuration (autotuning off:
+# INPAINT_FAST_TRITON_AUTOTUNE=0); the whole list is what the autotuner may pick from.
+#
+# `make gpu-compile-check` compiles every entry for sm_90 and sm_80 at PIC's shapes, one-chunk
+# (C ≤ 64) and wide (C = 256) shapes and the benchmark's, and the first entry also at every shape
+# of the GPU run (odd N, channels_last, strided), and fails on a spill over 32 bytes or on shared
+# memory over the limit. The lists keep what compiled cleanly at all of those in sweeps of BLOCK_M,
+# BLOCK_N ∈ {16, 32, 64, 128}, 4/8 warps, 1–3 stages (benchmarks/NOTES.md, "Checks for the first
+# GPU run"): a tile clean at PIC's N = 4096 can spill at N = 97 (no 16-divisibility, other masks).
+# What shaped them: two value streams of 128 channels make the accumulators 2·BLOCK·128 fp32
+# values, so 4 warps spill at any 64-row tile; fp32 operands double a pipeline stage's shared
+# memory (64×64 with 3 stages needs 229 KB, over sm_80's 163 KB); 3xTF32 splits every operand tile
+# in registers (smaller tiles, and BWD_MAX_BLOCK_V); sm_80's mma.sync layouts need more registers
+# than sm_90's for the same tile, hence its own, smaller lists.
+_SM90 = {
+    "fwd": {
+        "half": [(32, 64, 8, 3), (32, 64, 8, 2), (32, 32, 8, 2)],
+        "tf32": [(32, 64, 8, 2), (64, 32, 8, 2), (64, 32, 8, 3), (32, 32, 8, 2)],
+        "tf32x3": [(32, 32, 8, 3), (32, 32, 8, 2), (32, 16, 8, 2), (16, 32, 8, 2)],
+        "ieee": [(16, 32, 8, 1)],
+    },
+    "dq": {
+        "half": [(64, 32, 8, 3), (128, 32, 8, 2), (32, 32, 8, 2)],
+        "tf32": [(32, 16, 8, 2)],
+        "tf32x3": [(16, 32, 8, 2), (32, 16, 8, 2), (16, 16, 8, 2)],
+        "ieee": [(16, 32, 8, 1)],
+    },
+    "dkdv": {
+        "half": [(32, 64, 8, 2), (32, 64, 8, 3), (16, 64, 8, 2)],
+        "tf32": [(32, 64, 8, 2)],
+        "tf32x3": [(32, 32, 8, 2), (64, 32, 8, 2), (16, 64, 8, 2), (32, 16, 8, 2), (16, 32, 8, 2)],
+        "ieee": [(16, 32, 8, 1)],
+    },
+    "dkdv_fused": {
+        "half": [(16, 16, 8, 2), (16, 16, 8, 3), (16, 16, 4, 2)],
+        "tf32": [(32, 16, 8, 2)],
+    },
+}
+_SM80 = {
+    "fwd": {**_SM90["fwd"], "half": [(32, 32, 8, 2)], "tf32": [(32, 64, 8, 2), (32, 32, 8, 2)],
+            "tf32x3": [(32, 32, 8, 3), (32, 16, 8, 2), (16, 32, 8, 2), (16, 16, 8, 2)]},
+    "dq": {**_SM90["dq"], "half": [(64, 32, 8, 3), (32, 32, 8, 2)], "tf32x3": [(16, 32, 8, 2), (16, 16, 8, 2)]},
+    "dkdv": {**_SM90["dkdv"], "tf32x3": [(32, 32, 8, 2), (32, 16, 8, 2), (16, 32, 8, 2)]},
+    "dkdv_fused": {},  # sm_80 never fuses (FUSED_DK_CLASSES)
+}
+TILES = {90: _SM90, 80: _SM80}
+# The backward's widest value chunk per operand class where narrower than MAX_BLOCK_V: with
+# 3xTF32 or fp64 operands no 128-wide backward tile compiles without spills; 64 costs a second
+# chunk at PIC's C = 128.
+BWD_MAX_BLOCK_V = {"tf32x3": 64, "ieee": 64}
+# fp64 (FMA dots of 8-byte values) keeps its forward chunks at 64 too.
+FWD_MAX_BLOCK_V = {"ieee": 64}
+# Operand classes whose dkdv kernel also does the dK half when one chunk holds every channel
+# (FUSE_DK), per target: the fused kernel spills at every tile with 3xTF32 or fp64 operands, and
+# on sm_80 no tile is clean at every channel block (TF32; fp16/bf16 with a 16-wide head and a
+# 128-wide chunk), so those take the separate dK launch (_bwd_dq_kernel with KEY_SIDE). The interpreter has no register file: it fuses
+# whenever one chunk holds the channels, so the CPU tests cover the fused path in fp32/fp64 too
+# (and the unfused one with several chunks, or FUSE_DK_UNDER_INTERPRETER = False).
+FUSED_DK_CLASSES = {90: ("half", "tf32"), 80: ()}
+FUSE_DK_UNDER_INTERPRETER = True
+# Under the interpreter: one small tile (programs run one after another in numpy).
+_INTERPRET_TILE = (32, 32, 4, 1)
+OPERAND_CLASSES = ("half", "tf32", "tf32x3", "ieee")
+
+
+def _config(tile) -> triton.Config:
+    m, n, w, st = tile
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
+
+
+def operand_class(dtype: torch.dtype, prec: str) -> str:
+    """The key of TILES for operands of ``dtype`` multiplied at dot precision ``prec``."""
+    return "half" if dtype in (torch.float16, torch.bfloat16) else prec
+
+
+def target_family() -> int:
+    """90 for sm_90 and newer, else 80: which TILES apply, from the target Triton compiles for
+    (its active driver's, so the offline compile of inpaint_fast.triton.aot is asked too)."""
+    from triton.runtime.driver import driver
+
+    return 90 if driver.active.get_current_target().arch >= 90 else 80
+
+
+def fixed_tile(kind: str, cls: str, family: int = 90):
+    """The one configuration a kernel launches with when not autotuning."""
+    return _INTERPRET_TILE if _INTERPRET else TILES[family][kind][cls][0]
+
+
+def _fuses_dk(n_chunks: int, cls: str, block_d: int) -> bool:
+    if n_chunks != 1:
+        return False
     if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    if kind == "fwd":
-        shapes = [(64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 32, 4, 3)]
-    else:
-        shapes = [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+        return FUSE_DK_UNDER_INTERPRETER
+    return cls in FUSED_DK_CLASSES[target_family()] and block_d >= FUSED_DK_MIN_BLOCK_D
 
 
 _TUNE_KEY = ["N", "Cq", "C", "Cp", "HAS_PRE", "FLAT", "BLOCK_D", "BLOCK_V", "PREC"]
+
+
+def _launcher(kind: str, jit_fn, key):
+    """kernel(cls, grid) -> a launchable for operand class ``cls``: an autotuner over the target's
+    TILES[kind][cls] (one per class and target, all sharing ``jit_fn``'s compiled binaries), or —
+    autotuning off, and under the interpreter — ``jit_fn`` bound to the fixed configuration."""
+    tuners = {}
+
+    def get(cls: str, grid):
+        if not autotune_enabled():
+            m, n, w, st = fixed_tile(kind, cls, 90 if _INTERPRET else target_family())
+            run = jit_fn[grid]
+            return lambda *a, **kw: run(*a, BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st, **kw)
+        family = target_family()
+        if (cls, family) not in tuners:
+            configs = [_config(t) for t in TILES[family][kind][cls]]
+            tuners[cls, family] = triton.autotune(configs=configs, key=key)(jit_fn)
+        return tuners[cls, family][grid]
+
+    return get
 
 
 @triton.jit
@@ -97,7 +218,6 @@ def _scale(s, hi, lo, IS_FP64: tl.constexpr):
         return s * hi
 
 
-@triton.autotune(configs=_configs("fwd"), key=_TUNE_KEY)
 @triton.jit
 def _fwd_kernel(
     Q, X, PRE, MASK, GAMMA, ALPHA,
@@ -244,7 +364,6 @@ def _bwd_preprocess_kernel(
     tl.store(DELTA + pid_b * N + offs_m, delta, mask=m_ok)
 
 
-@triton.autotune(configs=_configs("bwd"), key=_TUNE_KEY + ["KEY_SIDE"])
 @triton.jit
 def _bwd_dq_kernel(
     Q, L1, R1, L2, R2, MASK, GAMMA, ALPHA, LSE, DELTA, DQBUF, GQ,
@@ -352,7 +471,6 @@ def _bwd_dq_kernel(
         tl.store(DQBUF + buf_off, acc, mask=o_mask)
 
 
-@triton.autotune(configs=_configs("bwd"), key=_TUNE_KEY + ["FUSE_DK"])
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, X, PRE, GY, GCF, MASK, GAMMA, ALPHA, LSE, DELTA, DQBUF,
@@ -454,6 +572,13 @@ def _bwd_dkdv_kernel(
                  gq.to(GQ.dtype.element_ty), mask=k_mask)
 
 
+# The launchable of each tiled kernel per operand class (see TILES and _launcher).
+_FWD = _launcher("fwd", _fwd_kernel, _TUNE_KEY)
+_DQ = _launcher("dq", _bwd_dq_kernel, _TUNE_KEY + ["KEY_SIDE"])
+_DKDV = _launcher("dkdv", _bwd_dkdv_kernel, _TUNE_KEY + ["FUSE_DK"])
+_DKDV_FUSED = _launcher("dkdv_fused", _bwd_dkdv_kernel, _TUNE_KEY + ["FUSE_DK"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
@@ -496,9 +621,33 @@ def _mask_strides(s):
     return s[0], s[2], s[3]
 
 
+# The fused dK/dV kernel needs a query head of at least this many (padded) channels: with a
+# 16-wide head (Cq ≤ 16) and a 128-wide value chunk no fp16/bf16 tile compiled without spills
+# (sm_90, Triton 3.9: 60–470 B at every tile tried), while PIC's 32-wide head is clean; narrower
+# heads take the separate dK launch.
+FUSED_DK_MIN_BLOCK_D = 32
+
+# The batch is the grid's y dimension, which CUDA caps at 65535 blocks.
+MAX_BATCH = 65535
+
+
+def _check_batch(x: Tensor) -> None:
+    if x.shape[0] > MAX_BATCH:
+        raise ValueError(f"short_long_attention (triton backend): batch {x.shape[0]} of `x` {tuple(x.shape)} is over "
+                         f"{MAX_BATCH}, the CUDA grid's y limit the kernels launch the batch on; split the batch")
+
+
 def _precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision for operands of ``dtype``.
+
+    fp32 follows PyTorch's setting for CUDA matmuls: TF32 allowed ("high"/"medium", or
+    ``fp32_precision = "tf32"``) → "tf32"; the default "highest" → "tf32x3" (3xTF32: each operand
+    split into a TF32 head and a TF32 tail, three tensor-core products, ~fp32 accuracy) rather than
+    "ieee", whose FMA dots at these tiles compile to 32 registers and 16–54 KB of spills on sm_90
+    (benchmarks/NOTES.md, "Triton: compile check and tiles", has the accuracy it gives).
+    """
     if dtype == torch.float32:
-        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        return "tf32" if fp32_matmul_allows_tf32() else "tf32x3"
     if dtype == torch.float64:
         return "ieee"
     return "tf32"  # Triton's default; ignored for half-precision operands
@@ -508,11 +657,25 @@ def _acc(dtype: torch.dtype):
     return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
-def _blocks(q: Tensor, C: int, Cp: int) -> Tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_V, number of value chunks): powers of two ≥ 16 (tl.dot's minimum)."""
+def _gates(gamma: Tensor, alpha: Optional[Tensor], dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """(gamma, alpha) in the accumulator dtype of ``dtype`` features (alpha := gamma without pre),
+    so the kernels see one gate type whatever the caller passed (fp32 gates next to bf16 features,
+    bf16 ones from autocast). The kernels convert the gates to ACC on load either way, but the
+    pointer type is part of the compiled specialisation, and ptxas allocated the two variants very
+    differently (PIC's fused bf16 dK/dV tile: 192 registers with bf16 gates, 255 + 152 B of spills
+    with fp32 ones): one type keeps the compile check's resource report true for every caller and
+    halves the kernels to compile and cache."""
+    acc = _acc(dtype)[1]
+    gamma = gamma.to(acc)
+    return gamma, (alpha.to(acc) if alpha is not None else gamma)
+
+
+def _blocks(q: Tensor, C: int, Cp: int, cap: int = 0) -> Tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_V, number of value chunks): powers of two ≥ 16 (tl.dot's minimum);
+    BLOCK_V at most ``cap`` (default MAX_BLOCK_V)."""
     block_d = max(16, triton.next_power_of_2(q.shape[1]))
     widest = max(C, Cp)
-    block_v = min(max(16, triton.next_power_of_2(widest)), MAX_BLOCK_V)
+    block_v = min(max(16, triton.next_power_of_2(widest)), min(cap or MAX_BLOCK_V, MAX_BLOCK_V))
     return block_d, block_v, triton.cdiv(widest, block_v)
 
 
@@ -526,6 +689,8 @@ def short_long_attention_fwd(
     scale: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Forward: (y, cf, sa, ca, lse); cf and ca are (0,) without ``pre`` (contract: csrc/ops.cpp)."""
+    check_index_range("short_long_attention", q=q, x=x, pre=pre, mask=mask)
+    _check_batch(x)
     B, C, H, W = x.shape
     N = H * W
     has_pre = pre is not None
@@ -543,21 +708,24 @@ def short_long_attention_fwd(
     if B == 0 or N == 0:
         return y, cf, sa, ca, lse
 
-    block_d, block_v, n_chunks = _blocks(q, C, Cp)
+    prec = _precision(x.dtype)
+    cls = operand_class(x.dtype, prec)
+    block_d, block_v, n_chunks = _blocks(q, C, Cp, FWD_MAX_BLOCK_V.get(cls, 0))
     lse4 = lse.unsqueeze(1)
     flat, (sq, sx, sp, sm, sy, sc, sl) = _flatten_all(
         [q, x, pre, mask, y, cf if has_pre else None, lse4], H, W)
     qk_hi, qk_lo = _split(float(scale) * _LOG2E)
     ln2_hi, ln2_lo = _split(_LN2)
     dummy = x
+    gamma_, alpha_ = _gates(gamma, alpha if has_pre else None, x.dtype)
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B, n_chunks)  # noqa: E731
-    _fwd_kernel[grid](
-        q, x, pre if has_pre else dummy, mask if has_pre else dummy, gamma, alpha if has_pre else gamma,
+    _FWD(cls, grid)(
+        q, x, pre if has_pre else dummy, mask if has_pre else dummy, gamma_, alpha_,
         y, sa, cf if has_pre else dummy, ca if has_pre else dummy, lse,
         N, W, q.shape[1], C, Cp, qk_hi, qk_lo, ln2_hi, ln2_lo,
         *sq, *sx, *sp, *_mask_strides(sm), *sy, *sc, *_mask_strides(sl),
         HAS_PRE=has_pre, FLAT=flat, IS_FP64=x.dtype == torch.float64, ACC=acc_tl,
-        PREC=_precision(x.dtype), BLOCK_D=block_d, BLOCK_V=block_v,
+        PREC=prec, BLOCK_D=block_d, BLOCK_V=block_v,
     )  # fmt: skip
     return y, cf, sa, ca, lse
 
@@ -578,6 +746,9 @@ def short_long_attention_bwd(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Backward: (grad_q, grad_x, grad_gamma, grad_pre, grad_mask, grad_alpha); the last three are
     (0,) without ``pre`` (contract: csrc/ops.cpp). Deterministic: no atomics anywhere."""
+    check_index_range("short_long_attention", q=q, x=x, pre=pre, mask=mask, grad_y=grad_y,
+                      grad_cf=grad_cf if pre is not None else None)
+    _check_batch(x)
     B, C, H, W = x.shape
     N = H * W
     Cq = q.shape[1]
@@ -598,21 +769,22 @@ def short_long_attention_bwd(
         grad_alpha = torch.zeros(alpha.shape, dtype=alpha.dtype, device=dev) if has_pre else empty
         return grad_q.zero_(), grad_x, grad_gamma, grad_pre, grad_mask, grad_alpha
 
-    block_d, block_v, n_chunks = _blocks(q, C, Cp)
-    fuse_dk = n_chunks == 1
+    prec = _precision(x.dtype)
+    cls = operand_class(x.dtype, prec)
+    block_d, block_v, n_chunks = _blocks(q, C, Cp, BWD_MAX_BLOCK_V.get(cls, 0))
+    fuse_dk = _fuses_dk(n_chunks, cls, block_d)
     gcf = grad_cf if has_pre else None
     flat, (sq, sx, sp, sm, sgy, sgc, ssa, sca, sl, sgq, sgx, sgp) = _flatten_all(
         [q, x, pre, mask, grad_y, gcf, sa, ca if has_pre else None, lse.unsqueeze(1), grad_q, grad_x,
          grad_pre if has_pre else None], H, W)  # fmt: skip
     is_fp64 = x.dtype == torch.float64
-    prec = _precision(x.dtype)
     qk_hi, qk_lo = _split(float(scale) * _LOG2E)
     l2e_hi, l2e_lo = _split(_LOG2E)
     sc_hi, sc_lo = _split(float(scale))
     dummy = x
     pre_ = pre if has_pre else dummy
     mask_ = mask if has_pre else dummy
-    alpha_ = alpha if has_pre else gamma
+    gamma_, alpha_ = _gates(gamma, alpha if has_pre else None, x.dtype)
     gcf_ = grad_cf if has_pre else dummy
 
     # 1) δ (both streams), grad_mask, partial sums of grad_gamma / grad_alpha.
@@ -621,12 +793,12 @@ def short_long_attention_bwd(
     part_g = torch.empty((B, n_pre_blocks), dtype=acc_torch, device=dev)
     part_a = torch.empty((B, n_pre_blocks), dtype=acc_torch, device=dev) if has_pre else part_g
     _bwd_preprocess_kernel[(n_pre_blocks, B)](
-        grad_y, gcf_, sa, ca if has_pre else dummy, pre_, mask_, gamma, alpha_,
+        grad_y, gcf_, sa, ca if has_pre else dummy, pre_, mask_, gamma_, alpha_,
         delta, grad_mask if has_pre else dummy, part_g, part_a,
         N, W, C, Cp, n_pre_blocks,
         *sgy, *ssa, *sgc, *sca, *sp, *_mask_strides(sm),
-        HAS_PRE=has_pre, FLAT=flat, ACC=acc_tl, BLOCK_M=_PRE_BLOCK, BLOCK_V=min(block_v, 64),
-        num_warps=4,
+        HAS_PRE=has_pre, FLAT=flat, ACC=acc_tl, BLOCK_M=_PRE_BLOCK, BLOCK_V=min(block_v, PRE_TILE[0]),
+        num_warps=PRE_TILE[1],
     )  # fmt: skip
     grad_gamma = part_g.sum().reshape(gamma.shape).to(gamma.dtype)
     grad_alpha = part_a.sum().reshape(alpha.shape).to(alpha.dtype) if has_pre else empty
@@ -638,16 +810,16 @@ def short_long_attention_bwd(
     grid_a = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B)  # noqa: E731
 
     # 2) The dQ half: Σ_j dS_ij q_j into dq_buf.
-    _bwd_dq_kernel[grid_a](
-        q, grad_y, x, gcf_, pre_, mask_, gamma, alpha_, lse, delta, dq_buf, grad_q,
+    _DQ(cls, grid_a)(
+        q, grad_y, x, gcf_, pre_, mask_, gamma_, alpha_, lse, delta, dq_buf, grad_q,
         *scalars, *sq, *sgy, *sx, *sgc, *sp, *_mask_strides(sm), *_mask_strides(sl), *sgq,
         KEY_SIDE=False, **common,
     )  # fmt: skip
 
     # 3) grad_x, grad_pre; with one value chunk also the dK half and grad_q.
     grid_n = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B, n_chunks)  # noqa: E731
-    _bwd_dkdv_kernel[grid_n](
-        q, x, pre_, grad_y, gcf_, mask_, gamma, alpha_, lse, delta, dq_buf,
+    (_DKDV_FUSED if fuse_dk else _DKDV)(cls, grid_n)(
+        q, x, pre_, grad_y, gcf_, mask_, gamma_, alpha_, lse, delta, dq_buf,
         grad_q, grad_x, grad_pre if has_pre else dummy,
         *scalars, *sq, *sx, *sp, *sgy, *sgc, *_mask_strides(sm), *_mask_strides(sl), *sgq, *sgx, *sgp,
         FUSE_DK=fuse_dk, **common,
@@ -655,8 +827,8 @@ def short_long_attention_bwd(
 
     # 4) Channels wider than one chunk: the dK half (Σ_i dS_ij q_i) on its own, then grad_q.
     if not fuse_dk:
-        _bwd_dq_kernel[grid_a](
-            q, x, grad_y, pre_, gcf_, mask_, gamma, alpha_, lse, delta, dq_buf, grad_q,
+        _DQ(cls, grid_a)(
+            q, x, grad_y, pre_, gcf_, mask_, gamma_, alpha_, lse, delta, dq_buf, grad_q,
             *scalars, *sq, *sx, *sgy, *sp, *sgc, *_mask_strides(sm), *_mask_strides(sl), *sgq,
             KEY_SIDE=True, **common,
         )  # fmt: skip
