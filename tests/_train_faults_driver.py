@@ -58,8 +58,12 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _half(data: bytes) -> bytes:
-    return data[: max(1, len(data) // 2)]
+def _write_half_and_die(f, data: bytes) -> None:
+    """A write cut off half-way: the first half of ``data`` reaches the disk, then SIGKILL."""
+    f.write(data[: max(1, len(data) // 2)])
+    f.flush()
+    os.fsync(f.fileno())
+    _die()
 
 
 def install(fault: str, trainer: Trainer) -> None:
@@ -86,10 +90,7 @@ def install(fault: str, trainer: Trainer) -> None:
                 return save(obj, f, *args, **kwargs)
             buffer = io.BytesIO()
             save(obj, buffer, *args, **kwargs)
-            f.write(_half(buffer.getvalue()))
-            f.flush()
-            os.fsync(f.fileno())
-            _die()
+            _write_half_and_die(f, buffer.getvalue())
 
         torch.save = dying_save
     elif where in ("ckpt-renamed", "trim-write"):
@@ -114,9 +115,7 @@ def install(fault: str, trainer: Trainer) -> None:
                 append(path, row)
             else:
                 with open(path, "ab") as f:
-                    f.write(_half((json.dumps(row) + "\n").encode()))
-                    f.flush()
-                    os.fsync(f.fileno())
+                    _write_half_and_die(f, (json.dumps(row) + "\n").encode())
             _die()
 
         metrics_log.append = dying_append
@@ -130,10 +129,7 @@ def install(fault: str, trainer: Trainer) -> None:
                 return save_image(image, fp, *args, **kwargs)
             buffer = io.BytesIO()
             save_image(image, buffer, *args, **kwargs)
-            fp.write(_half(buffer.getvalue()))
-            fp.flush()
-            os.fsync(fp.fileno())
-            _die()
+            _write_half_and_die(fp, buffer.getvalue())
 
         Image.Image.save = dying_image_save
     else:

@@ -35,10 +35,12 @@ stored for it, so a provider that turned wrong leaves no stale timings behind.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
-import tempfile
 from typing import Dict, Iterable, List
+
+from ..training.files import atomic_write
 
 __all__ = ["COLUMNS", "KEY", "format_value", "provider_key", "read_rows", "shape_key", "upsert_rows"]
 
@@ -113,17 +115,14 @@ def upsert_rows(path: str, rows: Iterable[dict]) -> int:
     merged: Dict[tuple, dict] = {}
     for r in kept + new:  # a duplicate key inside ``rows``: the last one wins
         merged[tuple(r[c] for c in KEY)] = r
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".csv", dir=directory)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(merged.values())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    def write(f) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.DictWriter(text, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(merged.values())
+        text.flush()
+        text.detach()  # atomic_write flushes, syncs and closes the file itself
+
+    atomic_write(path, write)
     return len(merged)
