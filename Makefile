@@ -10,13 +10,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-# Pinned: the compile check's manifest (inpaint_fast/triton/aot_manifest.json) is keyed by the exact
+# Pinned: the compile check's manifest (inpaint_fast/triton_kernels/aot_manifest.json) is keyed by the exact
 # Triton build. TRITON_LOWEST is the oldest Triton the package supports (the GPU machine's),
 # installed beside the venv (build/triton-lowest, first on PYTHONPATH) for its sm_90 compile check.
 TRITON ?= triton==3.9.0
 TRITON_LOWEST ?= triton==3.6.0
 BUILD_DIR ?= build/cmake
-SOURCES := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
+SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh inpaint_fast/ops/schemas.inc) setup.py pyproject.toml
 
 .PHONY: install bench test test-python test-cpp cuda-check gpu-session-dry-run clean
 
@@ -59,20 +59,20 @@ gpu-session-dry-run: install
 
 # Every Triton kernel of both ops compiled ahead of time for sm_90 and sm_80 — each variant and
 # each configuration its launcher or autotuner can choose, at PIC's and DFNet's shapes and the GPU
-# run's (inpaint_fast/triton/gpu_run_shapes.py), fp32/fp16/bf16 — without a GPU; fails on a compile
+# run's (inpaint_fast/triton_kernels/gpu_run_shapes.py), fp32/fp16/bf16 — without a GPU; fails on a compile
 # error, shared memory over the per-block limit, or a spill, and prints one table. Then the same for
 # sm_90 with the lowest supported Triton ($(TRITON_LOWEST), the GPU machine's). Resources are cached
-# in inpaint_fast/triton/aot_manifest.json (keyed by Triton's cache hash, which covers the kernel's
+# in inpaint_fast/triton_kernels/aot_manifest.json (keyed by Triton's cache hash, which covers the kernel's
 # source and line, the Triton build and the specialisation), so only what changed compiles; past
 # 120 missing kernels the check stops and asks for a refresh (after changing a kernel or Triton):
-#   $(PY) -m inpaint_fast.triton.aot check --refresh --max-compiles 100000
-#   PYTHONPATH=build/triton-lowest $(PY) -m inpaint_fast.triton.aot check --refresh --targets sm_90 --max-compiles 100000
+#   $(PY) -m inpaint_fast.triton_kernels.aot check --refresh --max-compiles 100000
+#   PYTHONPATH=build/triton-lowest $(PY) -m inpaint_fast.triton_kernels.aot check --refresh --targets sm_90 --max-compiles 100000
 # GPU_CHECK_PY picks another Python for it.
 GPU_CHECK_PY ?= $(PY)
 .PHONY: gpu-compile-check
 gpu-compile-check: install build/triton-lowest/.installed
-	env -u TRITON_INTERPRET $(GPU_CHECK_PY) -m inpaint_fast.triton.aot check
-	env -u TRITON_INTERPRET PYTHONPATH=build/triton-lowest $(GPU_CHECK_PY) -m inpaint_fast.triton.aot check --targets sm_90
+	env -u TRITON_INTERPRET $(GPU_CHECK_PY) -m inpaint_fast.triton_kernels.aot check
+	env -u TRITON_INTERPRET PYTHONPATH=build/triton-lowest $(GPU_CHECK_PY) -m inpaint_fast.triton_kernels.aot check --targets sm_90
 
 build/triton-lowest/.installed: $(VENV)/.installed
 	rm -rf build/triton-lowest

@@ -79,9 +79,14 @@ def _extension():
         extra["nvcc"] = (["-O0", "-g", "-lineinfo"] if DEBUG else ["-O3", "-lineinfo"]) + [
             "--expt-relaxed-constexpr"
         ] + _gencode_from_env()
+    # Headers (and the schema file csrc/ops.cpp includes), so that editing one rebuilds the sources.
+    depends = sorted(glob.glob(os.path.join(csrc, "*.h")) + glob.glob(os.path.join(csrc, "cpu", "*.h"))
+                     + glob.glob(os.path.join(csrc, "cuda", "*.cuh"))
+                     + glob.glob(os.path.join("inpaint_fast", "ops", "schemas.inc")))
     return ext_cls(
         name="inpaint_fast._C",
         sources=sources,
+        depends=depends,
         extra_compile_args=extra,
         extra_link_args=["-fopenmp"] + (SANITIZE_FLAGS if SANITIZE else []),
     )

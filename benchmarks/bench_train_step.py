@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     import inpaint_fast
-    from inpaint_fast.bench.core import results_to_rows
+    from inpaint_fast.bench.rows import results_to_rows
     from inpaint_fast.bench.destination import Destination, is_committed_csv, refuse_noisy_reference
     from inpaint_fast.bench.env import busy_cpus, environment
     from inpaint_fast.bench.report import format_table

@@ -36,8 +36,7 @@ def main(argv=None) -> int:
     import torch
 
     import gpu_cases as gc
-    import test_short_long_attention as sla
-    import test_fusion_block as fb
+    import op_samples as samples
     import inpaint_fast
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -76,7 +75,7 @@ def main(argv=None) -> int:
             dtype, precision = gc.parse_spec(spec)
             with gc.matmul_precision(precision):
                 inputs = [None if t is None else t.to(gc.DEVICE).requires_grad_(True)
-                          for t in sla.sample_inputs(shape, dtype, with_pre, layout)]
+                          for t in samples.attention_sample_inputs(shape, dtype, with_pre, layout)]
                 y, cf = inpaint_fast.short_long_attention(*inputs, backend=name)
                 loss = y.float().square().sum() + (cf.float().square().sum() if cf is not None else 0)
                 loss.backward()
@@ -88,10 +87,9 @@ def main(argv=None) -> int:
             dtype, precision = gc.parse_spec(spec)
             with gc.matmul_precision(precision):
                 feat, image, params = gc.fusion_inputs(shape, dtype, layout)
-                p = {k: v.clone().requires_grad_(k not in fb.BUFFERS) for k, v in params.items()}
+                p = samples.fusion_params_clone(params, leaves=True)
                 f, im = feat.clone().requires_grad_(True), image.clone().requires_grad_(True)
-                out, alpha, raw = inpaint_fast.fusion_block(f, im, *[p[k] for k in fb.PARAM_NAMES], training,
-                                                            backend=name)
+                out, alpha, raw = inpaint_fast.fusion_block(f, im, p, training=training, backend=name)
                 (out.float().square().sum() + alpha.float().sum() + raw.float().sum()).backward()
             _sync(torch)
             calls += 1

@@ -114,7 +114,7 @@ mkdir -p "$TRITON_CACHE_DIR"
 cache_entries() { find "$TRITON_CACHE_DIR" -mindepth 1 -maxdepth 1 -type d | wc -l; }
 CACHE_START=$(cache_entries)
 # A new entry is a kernel compiled in this run: a miss of the carried cache. Per compile request,
-# hit or miss and seconds: inpaint_fast.triton reports them through Triton's compilation listener
+# hit or miss and seconds: inpaint_fast.triton_kernels reports them through Triton's compilation listener
 # into INPAINT_FAST_TRITON_CACHE_REPORT (one JSON line each; set per stage by run_stage).
 cache_report() {  # stage name -> "N cache hits, M misses (S s compiling)"
   "$PY" - "$WORK/triton_cache_$1.jsonl" <<'EOF' 2>&1
@@ -211,7 +211,7 @@ print("fp32 matmul precision", torch.get_float32_matmul_precision())
 # libtriton binary): a mismatch here means every Triton kernel compiles on the device.
 import json, os
 try:
-    from inpaint_fast.triton.aot import INDEX_FILE, triton_build_key
+    from inpaint_fast.triton_kernels.aot import INDEX_FILE, triton_build_key
     here = triton_build_key()
     path = os.path.join(os.environ.get("TRITON_CACHE_DIR", ""), INDEX_FILE)
     built = json.load(open(path)).get("triton_build", "?") if os.path.exists(path) else "no index"

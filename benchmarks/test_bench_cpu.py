@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from inpaint_fast.bench import Sweep, get_op
-from inpaint_fast.bench.core import gate, make_callable, make_oracle
+from inpaint_fast.bench.gate import gate, make_oracle
+from inpaint_fast.bench.passes import make_callable
 
 CPU = torch.device("cpu")
 

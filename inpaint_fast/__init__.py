@@ -12,6 +12,7 @@ Drop-in modules live in :mod:`inpaint_fast.nn`; the pure-PyTorch definitions in
 from . import _extension  # noqa: F401  (loads the compiled ops first)
 from .backends import BACKENDS, BackendError, available_backends, get_backend, set_backend, use_backend
 from .ops import fusion_block, short_long_attention
+from .fusion_block_params import FusionBlockParams
 from .reference import attention_map
 
 # The drop-in modules and the reference are part of the namespace, as torch.nn is of torch's
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "BackendError",
+    "FusionBlockParams",
     "attention_map",
     "available_backends",
     "fusion_block",

@@ -1,7 +1,7 @@
 """Loads the compiled extension ``inpaint_fast._C`` (C++ CPU kernels, CUDA kernels where built).
 
-Importing ``_C`` runs the static initializers that define the op schemas (csrc/ops.cpp) and
-register each backend's kernels. A package installed without a successful build still imports:
+Importing ``_C`` runs the static initializers that define the compiled ops (csrc/ops.cpp, from
+the schemas in inpaint_fast/ops/schemas.inc) and register each backend's kernels. A package installed without a successful build still imports:
 the pure-PyTorch reference keeps working, and asking for a compiled backend raises an error that
 says why the extension is missing.
 """

@@ -120,7 +120,7 @@ def _channel_triples(values: Sequence[str]) -> Tuple[Tuple[int, int, int], ...]:
 def _select_ops(name: str) -> list:
     """The op benchmarks ``--op`` names (``all``: every op)."""
     from inpaint_fast.bench import OPS, get_op
-    from inpaint_fast.bench.core import one_of
+    from inpaint_fast.bench.op_bench import one_of
 
     if name == "all":
         return list(OPS.values())
@@ -133,7 +133,7 @@ def _select_ops(name: str) -> list:
 
 def _requested_providers(values: Optional[Sequence[str]], benches: list) -> Optional[List[str]]:
     """``--providers``, checked against the selected ops' providers (None: the defaults)."""
-    from inpaint_fast.bench.core import one_of
+    from inpaint_fast.bench.op_bench import one_of
     from inpaint_fast.bench.results import provider_key
 
     requested = _split(values)
@@ -150,7 +150,7 @@ def _requested_providers(values: Optional[Sequence[str]], benches: list) -> Opti
 
 def plan_bench(args, device) -> List[Tuple[object, list, tuple, tuple]]:
     """(op bench, cases, modes, providers) for every selected op; ValueError names a bad option."""
-    from inpaint_fast.bench.core import with_sweep_overrides
+    from inpaint_fast.bench.op_bench import with_sweep_overrides
 
     benches = _select_ops(args.op)
     requested_providers = _requested_providers(args.providers, benches)

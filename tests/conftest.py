@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 
 import inpaint_fast  # noqa: E402
 from inpaint_fast.backends import registry  # noqa: E402
-from inpaint_fast.triton import interpreter_mode  # noqa: E402
+from inpaint_fast.triton_kernels import interpreter_mode  # noqa: E402
 
 # Backends that can run on this machine's CPU, apart from the reference itself.
 CPU_BACKENDS = [b for b in inpaint_fast.available_backends("cpu") if b != "reference"]

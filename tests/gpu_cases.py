@@ -30,19 +30,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import pytest
 import torch
 
 import inpaint_fast
-import test_fusion_block as fb
-import test_short_long_attention as sla
+import op_samples as samples
 from conftest import assert_close_to_oracle
 from inpaint_fast import reference
 from inpaint_fast.backends import registry
 from inpaint_fast.bench.fusion_block import _kink_free_batchnorms
-from inpaint_fast.triton import gpu_run_shapes as shapes
+from inpaint_fast.fusion_block_params import RUNNING_STATS, TRAINABLE
+from inpaint_fast.triton_kernels import gpu_run_shapes as shapes
 
 MODE = os.environ.get("INPAINT_FAST_GPU_TESTS", "")
 if MODE not in ("", "require", "dry"):
@@ -57,7 +57,7 @@ DEVICE = "cpu" if DRY else "cuda"
 # ---------------------------------------------------------------------------------------------
 ALL_SPECS = ("bf16", "fp16", "fp32-highest", "fp32-high")
 
-# The lists are inpaint_fast/triton/gpu_run_shapes.py's (ATTENTION_TEST_CASES, FUSION_TEST_CASES),
+# The lists are inpaint_fast/triton_kernels/gpu_run_shapes.py's (ATTENTION_TEST_CASES, FUSION_TEST_CASES),
 # so the ahead-of-time Triton cache is built from exactly what these tests launch (the inputs
 # below are built with the strides and dtypes that module's builders give; tests/test_triton_aot.py
 # checks it), in their order: most important first, since pytest runs them in this order and a
@@ -243,10 +243,6 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
 
-def _to(ts: Sequence[Optional[torch.Tensor]]):
-    return [t.to(DEVICE) if t is not None else None for t in ts]
-
-
 # ---------------------------------------------------------------------------------------------
 # short_long_attention
 # ---------------------------------------------------------------------------------------------
@@ -257,16 +253,16 @@ def attention_parity(backend: str, case: AttnCase) -> None:
     dtype, precision = parse_spec(spec)
     checks = Checks(f"{_label(backend, name)} attention {attn_id(case)}")
     with matmul_precision(precision):
-        inputs = _to(sla.sample_inputs(shape, dtype, with_pre, layout))
-        grads = [g.to(DEVICE) for g in sla._upstream(inputs, dtype)]
+        inputs = samples.attention_sample_inputs(shape, dtype, with_pre, layout, device=DEVICE)
+        grads = samples.attention_upstream(inputs, dtype)
         fn = lambda *a: inpaint_fast.short_long_attention(*a, backend=name)  # noqa: E731
         with poisoned():
-            ours, our_grads = sla._forward_backward(fn, inputs, grads)
-            again, again_grads = sla._forward_backward(fn, inputs, grads)
-        ref, ref_grads = sla._forward_backward(reference.short_long_attention, inputs, grads)
+            ours, our_grads = samples.attention_forward_backward(fn, inputs, grads)
+            again, again_grads = samples.attention_forward_backward(fn, inputs, grads)
+        ref, ref_grads = samples.attention_forward_backward(reference.short_long_attention, inputs, grads)
         inputs64 = [t.double() if t is not None else None for t in inputs]
-        ref64, ref64_grads = sla._forward_backward(reference.short_long_attention, inputs64,
-                                                   [g.double() for g in grads])
+        ref64, ref64_grads = samples.attention_forward_backward(reference.short_long_attention, inputs64,
+                                                                [g.double() for g in grads])
     for label, a, b, c in zip(["y", "cf"], ours, ref, ref64):
         checks.count += 1
         if a.dtype != dtype or a.device.type != DEVICE:
@@ -275,7 +271,7 @@ def attention_parity(backend: str, case: AttnCase) -> None:
     # The fused backward recomputes P from the saved lse (conftest: recompute_magnitude).
     q64 = inputs64[0].reshape(shape[0], shape[1], -1)
     lse_magnitude = torch.logsumexp(q64.transpose(1, 2) @ q64, -1).abs().max().item()
-    names = [n for n, t in zip(["q", "x", "gamma", "pre", "mask", "alpha"], inputs) if t is not None]
+    names = [n for n, t in zip(samples.ATTENTION_INPUTS, inputs) if t is not None]
     live = [t for t in inputs if t is not None]
     for label, a, b, c, t in zip(names, our_grads, ref_grads, ref64_grads, live):
         checks.count += 1
@@ -293,17 +289,13 @@ OPCHECK_UTILS = ("test_schema", "test_faketensor") if DRY else (
     "test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
-ATTN_OPS = {"cuda": "short_long_attention", "cpu": "short_long_attention", "triton": "triton_short_long_attention"}
-
-
 def attention_opcheck(backend: str) -> None:
     """torch.library.opcheck of the backend's forward and backward ops (schema, fake tensors,
     autograd registration, AOT dispatch) on one case."""
     name = require("short_long_attention", backend)
     (shape, spec), dtype = ATTN_OP_CASE, parse_spec(ATTN_OP_CASE[1])[0]
-    fwd = getattr(torch.ops.inpaint_fast, ATTN_OPS[name] + "_fwd").default
-    bwd = getattr(torch.ops.inpaint_fast, ATTN_OPS[name] + "_bwd").default
-    q, x, gamma, pre, mask, alpha = _to(sla.sample_inputs(shape, dtype))
+    fwd, bwd = (samples.kernel_op("short_long_attention", name, d) for d in ("fwd", "bwd"))
+    q, x, gamma, pre, mask, alpha = samples.attention_sample_inputs(shape, dtype, device=DEVICE)
     inputs = [t.requires_grad_(True) for t in (q, x, gamma, pre, mask, alpha)]
     torch.library.opcheck(fwd, (*inputs, 1.0), test_utils=OPCHECK_UTILS)
     with torch.no_grad():
@@ -324,7 +316,7 @@ def attention_compile(backend: str) -> None:
     name = require("short_long_attention", backend)
     torch._dynamo.reset()
     shape, spec = ATTN_OP_CASE
-    inputs = _to(sla.sample_inputs(shape, parse_spec(spec)[0]))
+    inputs = samples.attention_sample_inputs(shape, parse_spec(spec)[0], device=DEVICE)
 
     def step(q, x, gamma, pre, mask, alpha):
         y, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=name)
@@ -345,16 +337,16 @@ def attention_compile(backend: str) -> None:
 # fusion_block
 # ---------------------------------------------------------------------------------------------
 def fusion_inputs(shape, dtype, layout="contiguous"):
-    """test_fusion_block.sample_inputs with kink-free BatchNorms (bench/fusion_block.py
+    """op_samples.fusion_sample_inputs with kink-free BatchNorms (bench/fusion_block.py
     ``_kink_free_batchnorms``), on DEVICE: every LeakyReLU input stays ≥ 1 from its kink. A
     pre-activation within rounding of 0 may take either slope in any correct fp32 implementation
     and moves that pixel's gradient by 0.8·|g|; at B·h·w of tens of thousands some always does."""
-    feat, image, params = fb.sample_inputs(shape, torch.float64, layout)
-    kw = {k: v.float() for k, v in dict(params, feat=feat, image=image).items()}
-    params.update({k: v.double() for k, v in
-                   _kink_free_batchnorms(kw, torch.device(DEVICE), torch.Generator().manual_seed(1)).items()})
+    feat, image, params = samples.fusion_sample_inputs(shape, torch.float64, layout)
+    kw = {k: v.float() for k, v in dict(params._asdict(), feat=feat, image=image).items()}
+    bns = _kink_free_batchnorms(kw, torch.device(DEVICE), torch.Generator().manual_seed(1))
+    params = params._replace(**{k: v.double() for k, v in bns.items()})
     to = lambda t: t.to(device=DEVICE, dtype=dtype)  # noqa: E731 - .to keeps a dense layout's strides
-    return to(feat), to(image), {k: to(v) for k, v in params.items()}
+    return to(feat), to(image), samples.fusion_params_to(params, device=DEVICE, dtype=dtype)
 
 
 def fusion_parity(backend: str, case: FusionCase) -> None:
@@ -366,21 +358,20 @@ def fusion_parity(backend: str, case: FusionCase) -> None:
     checks = Checks(f"{_label(backend, name)} fusion {fusion_id(case)}")
     with matmul_precision(precision):
         feat, image, params = fusion_inputs(shape, dtype, layout)
-        grads = [g.to(DEVICE) for g in fb._grads(feat.cpu(), shape[-1], dtype)]
-        fn = lambda *a: inpaint_fast.fusion_block(*a, backend=name)  # noqa: E731
+        grads = samples.fusion_upstream(feat, shape[-1], dtype)
+        fn = lambda *a, **kw: inpaint_fast.fusion_block(*a, **kw, backend=name)  # noqa: E731
         with poisoned():
-            ours = fb._run(fn, feat, image, params, training, grads)
-            again = fb._run(fn, feat, image, params, training, grads)
-        ref = fb._run(reference.fusion_block, feat, image, params, training, grads)
-        p64 = {k: v.double() for k, v in params.items()}
-        ref64 = fb._run(reference.fusion_block, feat.double(), image.double(), p64, training,
-                        [g.double() for g in grads])
-    labels = ["out", "alpha", "raw", "grad_feat", "grad_image"]
-    labels += [f"grad_{k}" for k in fb.PARAM_NAMES if k not in fb.BUFFERS] + sorted(fb.BUFFERS)
+            ours = samples.fusion_run(fn, feat, image, params, training, grads)
+            again = samples.fusion_run(fn, feat, image, params, training, grads)
+        ref = samples.fusion_run(reference.fusion_block, feat, image, params, training, grads)
+        p64 = samples.fusion_params_to(params, torch.float64)
+        ref64 = samples.fusion_run(reference.fusion_block, feat.double(), image.double(), p64, training,
+                                   [g.double() for g in grads])
+    labels = samples.FUSION_RESULTS
     flat_ours, flat_ref, flat_ref64 = sum(ours, []), sum(ref, []), sum(ref64, [])
     # Parameter gradients and running statistics are sums over all M = B·h·w pixels: judged at the
     # largest parameter gradient's scale with the √M growth of a sum's rounding (conftest's rule).
-    is_sum = {label: label in fb.BUFFERS or (label.startswith("grad_") and label not in ("grad_feat", "grad_image"))
+    is_sum = {label: label in RUNNING_STATS or (label.startswith("grad_") and label not in ("grad_feat", "grad_image"))
               for label in labels}
     param_scale = max(c.abs().max().item() for label, c in zip(labels, flat_ref64)
                       if is_sum[label] and label.startswith("grad_"))
@@ -397,23 +388,17 @@ def fusion_parity(backend: str, case: FusionCase) -> None:
     checks.finish()
 
 
-FUSION_OPS = {"cuda": "fusion_block", "cpu": "fusion_block", "triton": "triton_fusion_block"}
-
-
 def fusion_opcheck(backend: str, training: bool) -> None:
     name = require("fusion_block", backend)
     shape, spec = FUSION_OP_CASE
     feat, image, params = fusion_inputs(shape, parse_spec(spec)[0])
-    fwd = getattr(torch.ops.inpaint_fast, FUSION_OPS[name] + "_fwd").default
-    bwd = getattr(torch.ops.inpaint_fast, FUSION_OPS[name] + "_bwd").default
-    args = [feat.clone().requires_grad_(True), image]
-    args += [params[k].clone().requires_grad_(k not in fb.BUFFERS) for k in fb.PARAM_NAMES]
+    fwd, bwd = (samples.kernel_op("fusion_block", name, d) for d in ("fwd", "bwd"))
+    args = (feat.clone().requires_grad_(True), image, *samples.fusion_params_clone(params, leaves=True))
     torch.library.opcheck(fwd, (*args, training, 1e-5), test_utils=OPCHECK_UTILS)
-    values = [params[k] for k in fb.PARAM_NAMES]
-    out, alpha, raw, m1, v1, m2, v2 = fwd(feat, image, *values, training, 1e-5)
-    p = dict(params, bn1_running_mean=m1, bn1_running_var=v1, bn2_running_mean=m2, bn2_running_var=v2)
+    out, alpha, raw, *stats = fwd(feat, image, *params, training, 1e-5)
+    saved = samples.fusion_saved_params(params, stats)
     torch.library.opcheck(bwd, (torch.randn_like(out), torch.randn_like(alpha), torch.randn_like(raw), feat, image,
-                                *[p[k] for k in fb.PARAM_NAMES], training, 1e-5), test_utils=OPCHECK_UTILS)
+                                *saved, training, 1e-5), test_utils=OPCHECK_UTILS)
 
 
 def fusion_compile(backend: str) -> None:
@@ -422,19 +407,19 @@ def fusion_compile(backend: str) -> None:
     torch._dynamo.reset()
     shape, spec = FUSION_OP_CASE
     feat, image, params = fusion_inputs(shape, parse_spec(spec)[0])
-    trainable = [k for k in fb.PARAM_NAMES if k not in fb.BUFFERS]
 
     def step(feat, image, p):
-        out, alpha, raw = inpaint_fast.fusion_block(feat, image, *[p[k] for k in fb.PARAM_NAMES], True, backend=name)
+        out, alpha, raw = inpaint_fast.fusion_block(feat, image, p, training=True, backend=name)
         return (out * 2).sum() + alpha.square().sum() + raw.sum()
 
     runs = []
     for compiled in (False, True):
         f = feat.clone().requires_grad_()
-        p = {k: v.clone().requires_grad_(k in trainable) for k, v in params.items()}
+        p = samples.fusion_params_clone(params, leaves=True)
         fn = torch.compile(step, fullgraph=True, backend=_compile_backend()) if compiled else step
         loss = fn(f, image, p)
         loss.backward()
-        runs.append([loss.detach(), f.grad] + [p[k].grad for k in trainable] + [p[k] for k in sorted(fb.BUFFERS)])
+        runs.append([loss.detach(), f.grad] + [getattr(p, k).grad for k in TRAINABLE]
+                    + [getattr(p, k) for k in RUNNING_STATS])
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

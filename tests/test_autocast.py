@@ -13,8 +13,10 @@ import torch
 
 import inpaint_fast
 from conftest import CPU_BACKENDS
-from test_fusion_block import sample_inputs as fusion_inputs
-from test_short_long_attention import sample_inputs as attention_inputs
+from inpaint_fast.fusion_block_params import RUNNING_STATS
+from op_samples import attention_sample_inputs as attention_inputs
+from op_samples import fusion_params_clone
+from op_samples import fusion_sample_inputs as fusion_inputs
 
 BACKENDS = ["reference"] + [b for b in CPU_BACKENDS if b != "triton"]  # the interpreter has no bf16
 
@@ -56,16 +58,16 @@ def test_attention_outside_autocast_keeps_the_dtype_rules():
 def test_fusion_block_runs_in_fp32_under_autocast(backend, training):
     """bf16 features from an autocast region: the block casts them up and runs in fp32 exactly."""
     feat, image, params = fusion_inputs((2, 5, 6, 7, 12, 14, 3), torch.float32)
-    params_autocast = {k: v.clone() for k, v in params.items()}  # running stats are updated in place
+    params_autocast = fusion_params_clone(params)  # running stats are updated in place
     feat_bf16 = feat.to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = inpaint_fast.fusion_block(feat_bf16, image, *params_autocast.values(), training, backend=backend)
-    want = inpaint_fast.fusion_block(feat_bf16.float(), image, *params.values(), training, backend=backend)
+        out = inpaint_fast.fusion_block(feat_bf16, image, params_autocast, training=training, backend=backend)
+    want = inpaint_fast.fusion_block(feat_bf16.float(), image, params, training=training, backend=backend)
     for name, got, ref in zip(("out", "alpha", "raw"), out, want):
         assert got.dtype == torch.float32, name
         assert torch.equal(got, ref), name
-    for name in ("bn1_running_mean", "bn1_running_var", "bn2_running_mean", "bn2_running_var"):
-        assert torch.equal(params_autocast[name], params[name]), name
+    for name in RUNNING_STATS:
+        assert torch.equal(getattr(params_autocast, name), getattr(params, name)), name
 
 
 def test_attention_compiles_fullgraph_under_autocast():

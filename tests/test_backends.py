@@ -64,7 +64,7 @@ def test_cuda_backend_on_cpu_tensors_names_the_device_first():
 def test_triton_backend_is_not_silently_replaced():
     """Outside Triton's envelope here (CPU tensors without the interpreter; bfloat16 under it,
     which the interpreter computes wrongly) asking for it is an error, not the reference."""
-    from inpaint_fast.triton import interpreter_mode
+    from inpaint_fast.triton_kernels import interpreter_mode
 
     dtype = torch.bfloat16 if interpreter_mode() else torch.float32
     q, x = torch.randn(1, 2, 3, 3, dtype=dtype), torch.randn(1, 4, 3, 3, dtype=dtype)

@@ -13,8 +13,8 @@ import subprocess
 import pytest
 
 from inpaint_fast import cli
-from inpaint_fast.bench.core import Result
 from inpaint_fast.bench.destination import choose_destination, is_committed_csv, with_default_destination
+from inpaint_fast.bench.outcome import Result
 from inpaint_fast.bench.progress import CaseLines, progress
 from inpaint_fast.bench.report import format_case_line
 from inpaint_fast.bench.results import read_rows
@@ -346,3 +346,4 @@ def test_malformed_values_are_one_line_too(args, start, capsys):
     err = captured.err.splitlines()
     assert (exit_.value.code, len(err), captured.out) == (2, 1, ""), captured.err
     assert err[0].startswith(start), err
+

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inpaint_fast.bench import train_step
-from inpaint_fast.bench.core import results_to_rows
+from inpaint_fast.bench.rows import results_to_rows
 from inpaint_fast.bench.timing import TimingConfig
 
 TINY = TimingConfig(min_run_time=0.01, min_reps=1, warmup_time=0.0)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from inpaint_fast import cli
 from inpaint_fast.bench import Provider, Sweep, TimingConfig, get_op, results_to_rows, run
-from inpaint_fast.bench.core import compare, make_oracle
+from inpaint_fast.bench.gate import compare, make_oracle
 from inpaint_fast.bench.results import COLUMNS, read_rows, upsert_rows
 from inpaint_fast.bench.timing import peak_memory_mb, quantiles
 
@@ -174,10 +174,11 @@ def test_fusion_block_gate_checks_running_stats():
     cases = bench.cases(Sweep(sizes=(16,), dtypes=("fp32",), modes=(), batch=2, levels=(1,)), CPU)
 
     def no_running_update(**kw):
+        from inpaint_fast.bench.fusion_block import with_flat_params
         from inpaint_fast.reference import fusion_block
 
         kw = dict(kw, bn1_running_mean=kw["bn1_running_mean"].clone())  # the caller's buffer is not updated
-        return fusion_block(**kw)
+        return with_flat_params(fusion_block)(**kw)
 
     extra = {"stale": Provider("stale", lambda case, device: no_running_update)}
     results = run(bench, cases, ("eval-fwd", "train-fwd"), ("reference", "stale"), CPU, FAST, extra_providers=extra)

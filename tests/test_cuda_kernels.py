@@ -16,9 +16,15 @@ import torch
 
 import gpu_cases as gc
 import inpaint_fast
-import test_fusion_block as fb
-import test_short_long_attention as sla
 from inpaint_fast.backends import AUTO_PREFERENCE, registry
+from inpaint_fast.fusion_block_params import RUNNING_STATS
+from op_samples import (
+    attention_forward_backward,
+    attention_sample_inputs,
+    attention_upstream,
+    fusion_sample_inputs,
+    laid_out,
+)
 
 ATTN = gc.gpu_test("short_long_attention", "cuda")
 FUSION = gc.gpu_test("fusion_block", "cuda")
@@ -37,7 +43,7 @@ def test_gpu_run_attention(case):
 def test_gpu_run_attention_raw_op_outputs():
     """sa, ca and lse as the CPU kernel defines them: sa = x Aᵀ, ca = pre Aᵀ, lse = logsumexp_j E_ij."""
     gc.require("short_long_attention", "cuda")
-    q, x, gamma, pre, mask, alpha = gc._to(sla.sample_inputs((2, 8, 12, 20, 5, 7), torch.float32))
+    q, x, gamma, pre, mask, alpha = attention_sample_inputs((2, 8, 12, 20, 5, 7), torch.float32, device=gc.DEVICE)
     y, cf, sa, ca, lse = torch.ops.inpaint_fast.short_long_attention_fwd(q, x, gamma, pre, mask, alpha, 0.5)
     B, Cq, H, W = q.shape
     qf = q.double().reshape(B, Cq, -1)
@@ -60,12 +66,12 @@ def test_gpu_run_attention_layouts_bitwise(layout):
     """The same kernel on a strided copy of the inputs gives the contiguous result bit for bit."""
     name = gc.require("short_long_attention", "cuda")
     shape = (2, 3, 6, 5, 4, 7)
-    base = gc._to(sla.sample_inputs(shape, torch.float32))
-    laid = [sla._layout(t, layout) if t is not None and t.dim() == 4 else t for t in base]
-    grads = [g.to(gc.DEVICE) for g in sla._upstream(base, torch.float32)]
+    base = attention_sample_inputs(shape, torch.float32, device=gc.DEVICE)
+    laid = [laid_out(t, layout) for t in base]
+    grads = attention_upstream(base, torch.float32)
     fn = lambda *a: inpaint_fast.short_long_attention(*a, backend=name)  # noqa: E731
-    outs, in_grads = sla._forward_backward(fn, laid, grads)
-    ref_outs, ref_grads = sla._forward_backward(fn, base, grads)
+    outs, in_grads = attention_forward_backward(fn, laid, grads)
+    ref_outs, ref_grads = attention_forward_backward(fn, base, grads)
     for a, b in zip(outs + in_grads, ref_outs + ref_grads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -95,14 +101,13 @@ def test_gpu_run_fusion_raw_op_statistics():
     biased batch statistics in training, float32 for half-precision inputs."""
     gc.require("fusion_block", "cuda")
     dtype = torch.float32 if gc.DRY else torch.bfloat16
-    feat, image, params = fb.sample_inputs((2, 12, 7, 9, 10, 14, 3), dtype, device=gc.DEVICE)
-    args = [params[k] for k in fb.PARAM_NAMES]
-    outs = torch.ops.inpaint_fast.fusion_block_fwd(feat, image, *args, False, 1e-5)
-    for got, name in zip(outs[3:], ["bn1_running_mean", "bn1_running_var", "bn2_running_mean", "bn2_running_var"]):
+    feat, image, params = fusion_sample_inputs((2, 12, 7, 9, 10, 14, 3), dtype, device=gc.DEVICE)
+    outs = torch.ops.inpaint_fast.fusion_block_fwd(feat, image, *params, False, 1e-5)
+    for got, name in zip(outs[3:], RUNNING_STATS):
         assert got.dtype == torch.float32
-        assert got.data_ptr() != params[name].data_ptr()
-        torch.testing.assert_close(got, params[name].float())
-    outs = torch.ops.inpaint_fast.fusion_block_fwd(feat, image, *args, True, 1e-5)
+        assert got.data_ptr() != getattr(params, name).data_ptr()
+        torch.testing.assert_close(got, getattr(params, name).float())
+    outs = torch.ops.inpaint_fast.fusion_block_fwd(feat, image, *params, True, 1e-5)
     assert all(t.dtype == torch.float32 for t in outs[3:])
     assert (outs[4] >= 0).all() and (outs[6] >= 0).all()
 

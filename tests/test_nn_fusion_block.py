@@ -141,6 +141,25 @@ def test_signature_matches_dfnets_fusion_block():
         ours(feat, image)
 
 
+def test_params_from_module_are_the_modules_own_tensors():
+    """FusionBlockParams.from_module reads DFNet's layout, so DFNet's own module works as ours
+    does; the bundle holds the module's tensors (not copies), by their state-dict names."""
+    dfnet, ours = _pair()
+    for module in (dfnet, ours):
+        params = inpaint_fast.FusionBlockParams.from_module(module)
+        state = module.state_dict(keep_vars=True)
+        assert params.map_weight is state["map2img.0.conv.weight"]
+        assert params.conv2_bias is state["blend.blend.3.conv.bias"]
+        assert params.bn2_running_var is state["blend.blend.4.running_var"]
+        assert len({id(t) for t in params}) == 16 and {id(t) for t in params} <= {id(t) for t in state.values()}
+    image, feat = _inputs()
+    dfnet.eval()
+    want = dfnet(image, feat)
+    got = inpaint_fast.fusion_block(feat, image, inpaint_fast.FusionBlockParams.from_module(dfnet))
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("c_alpha", [0, 2, 4])
 def test_bad_c_alpha_is_a_clear_error(c_alpha):
     with pytest.raises(ValueError, match=r"c_alpha must be 1 or 3, got"):

@@ -194,6 +194,24 @@ def test_pic_loader_errors():
         ours.load_pic_state_dict(sd, prefix="attn2.")
 
 
+def test_pic_converter_keeps_unknown_keys_and_draws_no_random_numbers():
+    from inpaint_fast.nn import auto_attn_checkpoint
+
+    sd = _trained_pic().state_dict()
+    net = {"module.attn2." + k: v for k, v in sd.items()}
+    net["module.attn2.extra"] = torch.zeros(1)
+    net["module.encoder2.conv1.module.weight_bar"] = torch.zeros(3)
+    auto_attn_checkpoint._layout.cache_clear()  # the first call builds the layout it reads keys from
+    rng = torch.random.get_rng_state()
+    converted = convert_auto_attn_state_dict(net, prefix="attn2.")
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert set(converted) == OUR_KEYS | {"extra"}  # passed through, so a strict load reports it
+    result = ShortLongAttention(8).double().load_pic_state_dict(net, strict=False, prefix="attn2.")
+    assert result.missing_keys == [] and result.unexpected_keys == ["extra"]
+    with pytest.raises(RuntimeError, match=r"Unexpected: extra$"):
+        ShortLongAttention(8).double().load_pic_state_dict(net, prefix="attn2.")
+
+
 def test_state_dict_round_trip(tmp_path):
     a = ShortLongAttention(8).double()
     a.load_pic_state_dict(_trained_pic().state_dict())

@@ -16,9 +16,10 @@ import torch
 
 import inpaint_fast
 from conftest import CPU_BACKENDS, assert_close_to_oracle
-from test_fusion_block import BUFFERS, PARAM_NAMES
-from test_fusion_block import sample_inputs as fusion_inputs
-from test_short_long_attention import sample_inputs as attention_inputs
+from inpaint_fast.fusion_block_params import PARAM_NAMES, RUNNING_STATS, TRAINABLE
+from op_samples import ATTENTION_INPUTS, FUSION_RESULTS, fusion_params_clone
+from op_samples import attention_sample_inputs as attention_inputs
+from op_samples import fusion_sample_inputs as fusion_inputs
 
 ATTENTION_SHAPE = (2, 3, 5, 4, 4, 5)  # (B, Cq, C, Cp, H, W)
 FUSION_SHAPE = (2, 5, 6, 7, 12, 14, 3)  # (B, c, h, w, H, W, A)
@@ -37,11 +38,11 @@ def _attention(backend, inputs):
 def _fusion(backend, feat, image, params, training):
     feat = feat.detach().clone().requires_grad_(True)
     image = image.detach().clone().requires_grad_(True)
-    p = {k: v.detach().clone().requires_grad_(k not in BUFFERS) for k, v in params.items()}
-    outs = inpaint_fast.fusion_block(feat, image, *[p[k] for k in PARAM_NAMES], training, backend=backend)
+    p = fusion_params_clone(params, leaves=True)
+    outs = inpaint_fast.fusion_block(feat, image, p, training=training, backend=backend)
     sum(o.sum() for o in outs).backward()
-    return list(outs) + [feat.grad, image.grad] + [p[k].grad for k in PARAM_NAMES if k not in BUFFERS] + [
-        p[k].detach() for k in sorted(BUFFERS)]
+    return list(outs) + [feat.grad, image.grad] + [getattr(p, k).grad for k in TRAINABLE] + [
+        getattr(p, k).detach() for k in RUNNING_STATS]
 
 
 # How far (in pixels, any channel of the same image) a fused backend's extra non-finite elements may
@@ -72,9 +73,7 @@ def _assert_propagates_like_reference(got, ref, names):
         torch.testing.assert_close(g[both], r[both], rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
 
 
-ATTENTION_NAMES = ["y", "cf", "grad_q", "grad_x", "grad_gamma", "grad_pre", "grad_mask", "grad_alpha"]
-FUSION_NAMES = (["out", "alpha", "raw", "grad_feat", "grad_image"]
-                + [f"grad_{k}" for k in PARAM_NAMES if k not in BUFFERS] + sorted(BUFFERS))
+ATTENTION_NAMES = ["y", "cf", *(f"grad_{k}" for k in ATTENTION_INPUTS)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +105,7 @@ def test_fusion_block_propagates_nonfinite_features(backend, training, where, ba
     if not (where == "feat" and bad != bad * 0 and bad == bad):
         assert not torch.isfinite(ref[0]).all()
     got = _fusion(backend, tensors["feat"], tensors["image"], params, training)
-    _assert_propagates_like_reference(got, ref, FUSION_NAMES)
+    _assert_propagates_like_reference(got, ref, FUSION_RESULTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,28 +123,28 @@ def test_attention_refuses_nonfinite_energies_and_gates(backend, where, bad):
         inpaint_fast.short_long_attention(*inputs, backend=backend)
 
 
-@pytest.mark.parametrize("name", [k for k in PARAM_NAMES])
+@pytest.mark.parametrize("name", PARAM_NAMES)
 @pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 def test_fusion_block_refuses_nonfinite_parameters(backend, name):
     feat, image, params = fusion_inputs(FUSION_SHAPE, torch.float64)
-    params = dict(params, **{name: params[name].clone()})
-    params[name].view(-1)[0] = float("inf")
+    bad = getattr(params, name).clone()
+    bad.view(-1)[0] = float("inf")
+    params = params._replace(**{name: bad})
     # Running statistics are read only in eval; in training they are only written.
-    for training in ([False, True] if name not in BUFFERS else [False]):
+    for training in ([False, True] if name not in RUNNING_STATS else [False]):
         with pytest.raises(ValueError, match=rf"fusion_block: `{name}` has 1 non-finite value\(s\)"):
-            inpaint_fast.fusion_block(feat, image, *[params[k] for k in PARAM_NAMES], training, backend=backend)
+            inpaint_fast.fusion_block(feat, image, params, training=training, backend=backend)
 
 
 @pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 def test_fusion_block_refuses_a_negative_running_variance_and_takes_zero(backend):
     feat, image, params = fusion_inputs(FUSION_SHAPE, torch.float64)
-    var = params["bn2_running_var"].clone()
+    var = params.bn2_running_var.clone()
     var[1] = -0.5
-    bad = dict(params, bn2_running_var=var)
     with pytest.raises(ValueError, match=r"`bn2_running_var` has negative values \(min -0.5\)"):
-        inpaint_fast.fusion_block(feat, image, *[bad[k] for k in PARAM_NAMES], False, backend=backend)
-    zero = dict(params, bn1_running_var=torch.zeros_like(params["bn1_running_var"]))
-    out, alpha, raw = inpaint_fast.fusion_block(feat, image, *[zero[k] for k in PARAM_NAMES], False, backend=backend)
+        inpaint_fast.fusion_block(feat, image, params._replace(bn2_running_var=var), backend=backend)
+    zero = params._replace(bn1_running_var=torch.zeros_like(params.bn1_running_var))
+    out, alpha, raw = inpaint_fast.fusion_block(feat, image, zero, backend=backend)
     assert torch.isfinite(out).all() and torch.isfinite(alpha).all()
 
 
@@ -153,21 +152,21 @@ def test_a_parameter_changed_after_a_check_is_checked_again():
     """Parameters that passed are not read again until they change: in place (version counter) or
     through ``.data =`` (a new storage)."""
     feat, image, params = fusion_inputs(FUSION_SHAPE, torch.float64)
-    weight = torch.nn.Parameter(params["conv3_weight"].clone())
-    args = lambda: [weight if k == "conv3_weight" else params[k] for k in PARAM_NAMES]  # noqa: E731
-    inpaint_fast.fusion_block(feat, image, *args(), False)
+    weight = torch.nn.Parameter(params.conv3_weight.clone())
+    params = params._replace(conv3_weight=weight)
+    inpaint_fast.fusion_block(feat, image, params)
     with torch.no_grad():
         weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="`conv3_weight` has 1 non-finite"):
-        inpaint_fast.fusion_block(feat, image, *args(), False)
+        inpaint_fast.fusion_block(feat, image, params)
     with torch.no_grad():
         weight[0, 0] = 1.0
-    inpaint_fast.fusion_block(feat, image, *args(), False)
+    inpaint_fast.fusion_block(feat, image, params)
     bad = weight.detach().clone()
     bad[1, 1] = float("inf")
     weight.data = bad
     with pytest.raises(ValueError, match="`conv3_weight` has 1 non-finite"):
-        inpaint_fast.fusion_block(feat, image, *args(), False)
+        inpaint_fast.fusion_block(feat, image, params)
 
 
 def test_value_checks_can_be_switched_off(monkeypatch):

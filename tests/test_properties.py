@@ -32,7 +32,8 @@ from hypothesis import strategies as st
 
 import inpaint_fast
 from inpaint_fast import reference
-from inpaint_fast.ops.fusion_block import PARAM_NAMES, RUNNING_STATS
+from inpaint_fast import FusionBlockParams
+from inpaint_fast.fusion_block_params import PARAM_NAMES, RUNNING_STATS
 from conftest import CPU_BACKENDS, INTERPRETED, MAX_INTERPRETED_POSITIONS, assert_close_to_oracle
 
 settings.register_profile(
@@ -317,7 +318,7 @@ def _fusion_inputs(case):
 def _fusion_run(fn, feat, image, params, training, grads, layout):
     leaves = [t.detach().clone().requires_grad_(True) for t in (feat, image)]
     p = {k: v.detach().clone().requires_grad_(k not in RUNNING) for k, v in params.items()}
-    outs = fn(*[_laid_out(t, layout) for t in leaves], *[p[k] for k in PARAM_NAMES], training)
+    outs = fn(*[_laid_out(t, layout) for t in leaves], FusionBlockParams(**p), training=training)
     wrt = leaves + [p[k] for k in PARAM_NAMES if k not in RUNNING]
     in_grads = torch.autograd.grad(outs, wrt, grads)
     return [o.detach() for o in outs] + list(in_grads) + [p[k].detach() for k in sorted(RUNNING)]
@@ -382,8 +383,8 @@ def _check_fusion(backend, case):
     g = torch.Generator().manual_seed(case["seed"] + 1)
     grads = [torch.randn(B, n, h, w, generator=g, dtype=torch.float64).to(dtype) for n in (3, A, 3)]
     layout = case["layout"]
-    ours = _fusion_run(lambda *a: inpaint_fast.fusion_block(*a, backend=backend), feat, image, params, training,
-                       grads, layout)
+    ours = _fusion_run(lambda *a, **kw: inpaint_fast.fusion_block(*a, **kw, backend=backend), feat, image, params,
+                       training, grads, layout)
     ref = _fusion_run(reference.fusion_block, feat, image, params, training, grads, layout)
     p64 = {k: v.double() for k, v in params.items()}
     ref64 = _fusion_run(reference.fusion_block, feat.double(), image.double(), p64, training,

@@ -6,16 +6,22 @@ is compared with it on fresh random inputs, odd sizes included, in float64, floa
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
 import inpaint_fast
 from inpaint_fast import reference
 from conftest import CPU_BACKENDS, INTERPRETED, assert_close_to_oracle, skip_outside_envelope
-
-OP_FWD = "inpaint_fast::short_long_attention_fwd"
+from op_samples import (
+    ATTENTION_INPUTS,
+    LAYOUTS,
+    attention_forward_backward,
+    attention_sample_inputs,
+    attention_upstream,
+    assert_direct_call_names,
+    kernel_op,
+    laid_out,
+)
 
 # (B, Cq, C, Cp, H, W): N = 1, 7, 97, 1025, PIC's channel counts; B = 1..3; C not a power of two.
 SHAPES = [
@@ -25,56 +31,6 @@ SHAPES = [
     (1, 8, 12, 20, 25, 41),
     (2, 32, 128, 128, 8, 8),
 ]
-LAYOUTS = ["contiguous", "channels_last", "transposed"]
-
-
-def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "transposed":  # same values, H and W strides swapped: not contiguous in any format
-        return t.transpose(2, 3).contiguous().transpose(2, 3)
-    return t
-
-
-def sample_inputs(shape, dtype=torch.float32, with_pre=True, layout="contiguous", requires_grad=False):
-    """(q, x, gamma, pre, mask, alpha) with nonzero gates and a fractional mask."""
-    B, Cq, C, Cp, H, W = shape
-    q = 0.5 * torch.randn(B, Cq, H, W, dtype=torch.float64)
-    x = torch.randn(B, C, H, W, dtype=torch.float64)
-    gamma = torch.tensor([0.7], dtype=torch.float64)
-    tensors = [q, x, gamma]
-    if with_pre:
-        tensors += [torch.randn(B, Cp, H, W, dtype=torch.float64), torch.rand(B, 1, H, W, dtype=torch.float64),
-                    torch.tensor([-0.4], dtype=torch.float64)]
-    else:
-        tensors += [None, None, None]
-    out = []
-    for i, t in enumerate(tensors):
-        if t is None:
-            out.append(None)
-            continue
-        t = t.to(dtype if i not in (2, 5) else torch.float32 if dtype != torch.float64 else dtype)
-        if t.dim() == 4:
-            t = _layout(t, layout)
-        out.append(t.requires_grad_(requires_grad))
-    return tuple(out)
-
-
-def _forward_backward(fn, inputs, grads):
-    """Outputs and input gradients of ``fn`` for upstream gradients ``grads``."""
-    inputs = [t.detach().clone().requires_grad_(True) if t is not None else None for t in inputs]
-    y, cf = fn(*inputs)
-    outs = [y] + ([cf] if cf is not None else [])
-    live = [t for t in inputs if t is not None]
-    in_grads = torch.autograd.grad(outs, live, grads[: len(outs)])
-    return [o.detach() for o in outs], list(in_grads)
-
-
-def _upstream(inputs, dtype):
-    q, x, gamma, pre, mask, alpha = inputs
-    gy = torch.randn(x.shape, dtype=dtype)
-    gcf = torch.randn(pre.shape, dtype=dtype) if pre is not None else None
-    return [g for g in (gy, gcf) if g is not None]
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -83,19 +39,21 @@ def _upstream(inputs, dtype):
 @pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "self"])
 def test_matches_reference(backend, dtype, shape, with_pre):
     skip_outside_envelope("short_long_attention", backend, dtype, shape[4] * shape[5])
-    inputs = sample_inputs(shape, dtype, with_pre)
-    grads = _upstream(inputs, dtype)
-    ours, our_grads = _forward_backward(lambda *a: inpaint_fast.short_long_attention(*a, backend=backend), inputs, grads)
-    ref, ref_grads = _forward_backward(reference.short_long_attention, inputs, grads)
+    inputs = attention_sample_inputs(shape, dtype, with_pre)
+    grads = attention_upstream(inputs, dtype)
+    fn = lambda *a: inpaint_fast.short_long_attention(*a, backend=backend)  # noqa: E731
+    ours, our_grads = attention_forward_backward(fn, inputs, grads)
+    ref, ref_grads = attention_forward_backward(reference.short_long_attention, inputs, grads)
     inputs64 = [t.double() if t is not None else None for t in inputs]
-    ref64, ref64_grads = _forward_backward(reference.short_long_attention, inputs64, [g.double() for g in grads])
+    ref64, ref64_grads = attention_forward_backward(reference.short_long_attention, inputs64,
+                                                    [g.double() for g in grads])
     names = ["y", "cf"]
     for name, a, b, c in zip(names, ours, ref, ref64):
         assert a.dtype == dtype
         assert_close_to_oracle(name, a, b, c, dtype)
     q64 = inputs64[0].reshape(shape[0], shape[1], -1)
     lse_magnitude = torch.logsumexp(q64.transpose(1, 2) @ q64, -1).abs().max().item()
-    grad_names = [n for n, t in zip(["q", "x", "gamma", "pre", "mask", "alpha"], inputs) if t is not None]
+    grad_names = [n for n, t in zip(ATTENTION_INPUTS, inputs) if t is not None]
     for name, a, b, c, t in zip(grad_names, our_grads, ref_grads, ref64_grads, [t for t in inputs if t is not None]):
         assert a.dtype == t.dtype and a.shape == t.shape, f"grad {name}: {a.dtype} {tuple(a.shape)}"
         # Gate grads are float32 next to bfloat16 features, but they sum products of intermediates
@@ -108,12 +66,12 @@ def test_matches_reference(backend, dtype, shape, with_pre):
 def test_layouts(backend, layout):
     """channels_last and non-contiguous inputs give the contiguous-input results."""
     shape = (2, 3, 6, 5, 4, 7)
-    base = sample_inputs(shape, torch.float64)
-    laid = [_layout(t, layout) if t is not None and t.dim() == 4 else t for t in base]
-    grads = _upstream(base, torch.float64)
+    base = attention_sample_inputs(shape, torch.float64)
+    laid = [laid_out(t, layout) for t in base]
+    grads = attention_upstream(base, torch.float64)
     fn = lambda *a: inpaint_fast.short_long_attention(*a, backend=backend)  # noqa: E731
-    outs, in_grads = _forward_backward(fn, laid, grads)
-    ref_outs, ref_grads = _forward_backward(fn, base, grads)
+    outs, in_grads = attention_forward_backward(fn, laid, grads)
+    ref_outs, ref_grads = attention_forward_backward(fn, base, grads)
     for a, b in zip(outs + in_grads, ref_outs + ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
@@ -123,7 +81,8 @@ def test_layouts(backend, layout):
 def test_gradcheck_fp64(backend, with_pre):
     if backend in INTERPRETED:
         pytest.skip("interpreted Triton: tests/test_triton_short_long_attention.py gradchecks the kernels directly")
-    inputs = [t for t in sample_inputs((2, 3, 4, 5, 3, 5), torch.float64, with_pre, requires_grad=True) if t is not None]
+    inputs = attention_sample_inputs((2, 3, 4, 5, 3, 5), torch.float64, with_pre, requires_grad=True)
+    inputs = [t for t in inputs if t is not None]
 
     def fn(*args):
         y, cf = inpaint_fast.short_long_attention(*args, backend=backend)
@@ -132,34 +91,44 @@ def test_gradcheck_fp64(backend, with_pre):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-# The custom ops behind each kernel backend (one schema, csrc/ops.cpp).
-OP_NAMES = {"cpu": "short_long_attention", "triton": "triton_short_long_attention"}
+def _op(backend, direction):
+    return kernel_op("short_long_attention", backend, direction)
 
 
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b in OP_NAMES])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "self"])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("requires_grad", [True, False])
 def test_opcheck(backend, with_pre, layout, requires_grad):
-    inputs = sample_inputs((2, 3, 5, 4, 3, 4), torch.float32, with_pre, layout, requires_grad)
-    op = getattr(torch.ops.inpaint_fast, OP_NAMES[backend] + "_fwd").default
-    torch.library.opcheck(op, (*inputs, 1.0))
+    inputs = attention_sample_inputs((2, 3, 5, 4, 3, 4), torch.float32, with_pre, layout, requires_grad)
+    torch.library.opcheck(_op(backend, "fwd"), (*inputs, 1.0))
 
 
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b in OP_NAMES])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_opcheck_backward_op(backend):
-    q, x, gamma, pre, mask, alpha = sample_inputs((2, 3, 5, 4, 3, 4), torch.float32)
-    fwd = getattr(torch.ops.inpaint_fast, OP_NAMES[backend] + "_fwd").default
-    bwd = getattr(torch.ops.inpaint_fast, OP_NAMES[backend] + "_bwd").default
-    y, cf, sa, ca, lse = fwd(q, x, gamma, pre, mask, alpha, 0.5)
+    q, x, gamma, pre, mask, alpha = attention_sample_inputs((2, 3, 5, 4, 3, 4), torch.float32)
+    y, cf, sa, ca, lse = _op(backend, "fwd")(q, x, gamma, pre, mask, alpha, 0.5)
     args = (torch.randn_like(y), torch.randn_like(cf), q, x, gamma, pre, mask, alpha, sa, ca, lse, 0.5)
-    torch.library.opcheck(bwd, args)
+    torch.library.opcheck(_op(backend, "bwd"), args)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+def test_direct_op_call_names_the_wrong_argument(backend, direction):
+    q, x, gamma, pre, mask, alpha = attention_sample_inputs((2, 3, 5, 4, 3, 4))
+    if direction == "fwd":
+        name, args = "mask", (q, x, gamma, pre, torch.rand(2, 3, 3, 4), alpha, 1.0)
+    else:  # stand-ins for the forward's outputs, in their shapes
+        sa, ca, lse = torch.randn_like(x), torch.randn_like(pre), torch.randn(2, 3, 4)
+        grads = torch.randn(2, 5, 4, 3), torch.randn_like(pre)
+        name, args = "grad_y", (*grads, q, x, gamma, pre, mask, alpha, sa, ca, lse, 1.0)
+    assert_direct_call_names("short_long_attention", backend, direction, args, name)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
-    inputs = sample_inputs((2, 4, 6, 5, 5, 3), torch.float32)
+    inputs = attention_sample_inputs((2, 4, 6, 5, 5, 3), torch.float32)
 
     def step(q, x, gamma, pre, mask, alpha):
         y, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
@@ -183,7 +152,7 @@ ALL_BACKENDS = ["reference"] + CPU_BACKENDS
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_identity_when_gamma_is_zero(backend):
     """Property 1: with gamma = 0 and no pre, y == x exactly."""
-    q, x, _, _, _, _ = sample_inputs((2, 4, 6, 5, 3, 5), torch.float32, with_pre=False)
+    q, x, _, _, _, _ = attention_sample_inputs((2, 4, 6, 5, 3, 5), torch.float32, with_pre=False)
     y, cf = inpaint_fast.short_long_attention(q, x, torch.zeros(1), backend=backend)
     assert cf is None
     assert torch.equal(y, x)
@@ -192,7 +161,7 @@ def test_identity_when_gamma_is_zero(backend):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_constant_values_are_reproduced(backend):
     """Property 4: rows of A sum to 1, so spatially constant x gives sa == x: y = (1 + gamma) x."""
-    q, _, gamma, pre, mask, alpha = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
+    q, _, gamma, pre, mask, alpha = attention_sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
     x = torch.randn(2, 6, 1, 1, dtype=torch.float64).expand(2, 6, 3, 5).contiguous()
     y, _ = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
     torch.testing.assert_close(y, (1 + gamma) * x, rtol=1e-12, atol=1e-12)
@@ -201,7 +170,7 @@ def test_constant_values_are_reproduced(backend):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_uniform_attention_gives_spatial_mean(backend):
     """Property 5: q = 0 makes A = 1/N: sa is the spatial mean of x, ca that of pre."""
-    _, x, gamma, pre, _, alpha = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
+    _, x, gamma, pre, _, alpha = attention_sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
     q = torch.zeros(2, 4, 3, 5, dtype=torch.float64)
     mask = torch.zeros(2, 1, 3, 5, dtype=torch.float64)
     y, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
@@ -212,7 +181,7 @@ def test_uniform_attention_gives_spatial_mean(backend):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_mask_extremes(backend):
     """Property 6: an all-ones mask gives cf == pre whatever alpha; all-zeros gives alpha·(pre Aᵀ)."""
-    q, x, gamma, pre, _, _ = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
+    q, x, gamma, pre, _, _ = attention_sample_inputs((2, 4, 6, 5, 3, 5), torch.float64)
     ones, zeros = torch.ones(2, 1, 3, 5, dtype=torch.float64), torch.zeros(2, 1, 3, 5, dtype=torch.float64)
     _, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, ones, torch.tensor([3.0], dtype=torch.float64),
                                               backend=backend)
@@ -227,7 +196,7 @@ def test_mask_extremes(backend):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_permutation_equivariance(backend):
     """Property 7: permuting positions of q, x, pre and mask together permutes y and cf."""
-    q, x, gamma, pre, mask, alpha = sample_inputs((2, 4, 6, 5, 1, 11), torch.float64)
+    q, x, gamma, pre, mask, alpha = attention_sample_inputs((2, 4, 6, 5, 1, 11), torch.float64)
     perm = torch.randperm(11)
     y, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
     yp, cfp = inpaint_fast.short_long_attention(q[..., perm], x[..., perm], gamma, pre[..., perm], mask[..., perm],
@@ -252,7 +221,7 @@ def test_attention_map_facts():
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_gate_gradients_at_init(backend):
     """Property 2: with gamma = alpha = 0, q gets exactly zero gradient; gamma and alpha do not."""
-    q, x, _, pre, mask, _ = sample_inputs((2, 4, 6, 5, 3, 5), torch.float64, requires_grad=True)
+    q, x, _, pre, mask, _ = attention_sample_inputs((2, 4, 6, 5, 3, 5), torch.float64, requires_grad=True)
     gamma = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     alpha = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     y, cf = inpaint_fast.short_long_attention(q, x, gamma, pre, mask, alpha, backend=backend)
@@ -264,7 +233,7 @@ def test_gate_gradients_at_init(backend):
 # ---- bad input --------------------------------------------------------------------------------
 def _bad_cases():
     def base():
-        return dict(zip(["q", "x", "gamma", "pre", "mask", "alpha"], sample_inputs((2, 3, 5, 4, 3, 4))))
+        return dict(zip(ATTENTION_INPUTS, attention_sample_inputs((2, 3, 5, 4, 3, 4))))
 
     def case(label, error, match, **changes):
         return pytest.param(changes, error, match, id=label)
@@ -304,12 +273,12 @@ def test_bad_input(changes, error, match, backend):
 def test_unsupported_dtype_is_an_error_not_a_fallback():
     if "cpu" not in CPU_BACKENDS:
         pytest.skip("C++ extension not built")
-    inputs = sample_inputs((1, 2, 3, 3, 2, 2), torch.float16)
+    inputs = attention_sample_inputs((1, 2, 3, 3, 2, 2), torch.float16)
     with pytest.raises(inpaint_fast.BackendError, match="backend 'cpu' supports dtypes .* but the inputs are float16"):
         inpaint_fast.short_long_attention(*inputs, backend="cpu")
 
 
 def test_gpu_backend_on_cpu_tensors_is_an_error():
-    inputs = sample_inputs((1, 2, 3, 3, 2, 2))
+    inputs = attention_sample_inputs((1, 2, 3, 3, 2, 2))
     with pytest.raises(inpaint_fast.BackendError, match="backend 'cuda'"):
         inpaint_fast.short_long_attention(*inputs, backend="cuda")

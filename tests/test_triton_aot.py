@@ -1,10 +1,10 @@
 """The GPU-readiness machinery of the Triton kernels, on a CPU machine.
 
-* ``inpaint_fast.triton.aot``: the offline compile (stand-in driver, real launchers, Triton's own
+* ``inpaint_fast.triton_kernels.aot``: the offline compile (stand-in driver, real launchers, Triton's own
   JIT path) — the resource limits of ``make gpu-compile-check`` can fail, the manifest saves
   recompiles, and a cache built here is found by Triton's unpatched compile path (its keys are the
   ones a GPU process computes from the same launches); the cache report of a run.
-* ``inpaint_fast.triton.gpu_run_shapes``: the GPU run's cases, and inputs whose strides do not
+* ``inpaint_fast.triton_kernels.gpu_run_shapes``: the GPU run's cases, and inputs whose strides do not
   depend on ``fill`` (the offline compile uses unfilled ones).
 * Launcher guards: the int32 index range, the single-configuration mode, PyTorch's two TF32 APIs.
 
@@ -26,9 +26,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from inpaint_fast.triton import INDEX_LIMIT, autotune_enabled, check_index_range  # noqa: E402
-from inpaint_fast.triton import aot  # noqa: E402
-from inpaint_fast.triton import gpu_run_shapes as shapes  # noqa: E402
+from inpaint_fast.triton_kernels import INDEX_LIMIT, autotune_enabled, check_index_range  # noqa: E402
+from inpaint_fast.triton_kernels import aot  # noqa: E402
+from inpaint_fast.triton_kernels import gpu_run_shapes as shapes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_offline_compile_reports_resources_and_limits_can_fail():
     proc = _run_compiled(
         """
         import json
-        from inpaint_fast.triton import aot, gpu_run_shapes as S, short_long_attention as K
+        from inpaint_fast.triton_kernels import aot, gpu_run_shapes as S, short_long_attention as K
         K.TILES[90]["fwd"]["tf32x3"] = [(64, 64, 4, 2)]
         K.TILES[90]["fwd"]["tf32"] = [(128, 64, 8, 4)]
         rec = aot.Recorder("sm_90")
@@ -149,7 +149,7 @@ def test_manifest_cache_and_verify(tmp_path):
         f"""
         import io, json, shutil
         from pathlib import Path
-        from inpaint_fast.triton import aot, gpu_run_shapes as S
+        from inpaint_fast.triton_kernels import aot, gpu_run_shapes as S
         cases = [S.AttentionCase(B=2, Cq=32, C=128, Cp=0, H=1, W=97, dtype="fp16", backward=False)]
         out = io.StringIO()
         rc1 = aot.check(cases, ["sm_90"], Path({str(manifest)!r}), refresh=True, jobs=1, out=out)
@@ -266,7 +266,7 @@ def test_unfilled_inputs_have_the_launch_strides(case):
 def test_unfilled_fusion_inputs_match():
     case = shapes.FusionCase.dfnet(2, 3, 64, c_alpha=1, training=True, dtype="bf16")
     filled, empty = shapes.fusion_inputs(case, "cpu"), shapes.fusion_inputs(case, "cpu", fill=False)
-    assert list(filled) == ["feat", "image", *shapes.FUSION_PARAMS]
+    assert list(filled) == ["feat", "image", *shapes.PARAM_NAMES]
     for k in filled:
         assert (filled[k].shape, filled[k].stride(), filled[k].dtype) == (empty[k].shape, empty[k].stride(),
                                                                           empty[k].dtype), k
@@ -288,13 +288,12 @@ def test_gpu_tests_launch_what_the_cache_is_built_from(kind):
     have, or the GPU run compiles them again on the device. (The op passes these tensors to the
     launchers as they are; upstream gradients reach the backward contiguous in both.)"""
     import gpu_cases as gc
-    import test_fusion_block as fb
-    import test_short_long_attention as sla
+    from op_samples import attention_sample_inputs, fusion_sample_inputs
 
     if kind == "attention":
         for case in shapes.ATTENTION_TEST_CASES:
             shape, spec, with_pre, layout = gc.as_attn_case(case)
-            ours = sla.sample_inputs(shape, gc.parse_spec(spec)[0], with_pre, layout)
+            ours = attention_sample_inputs(shape, gc.parse_spec(spec)[0], with_pre, layout)
             theirs = shapes.attention_inputs(case, "meta", fill=False)
             got = [_signature(t) for t in ours]
             want = [_signature(theirs[k]) for k in ("q", "x", "gamma", "pre", "mask", "alpha")]
@@ -302,9 +301,9 @@ def test_gpu_tests_launch_what_the_cache_is_built_from(kind):
     else:
         for case in shapes.FUSION_TEST_CASES:
             shape, spec, training, layout = gc.as_fusion_case(case)
-            feat, image, params = fb.sample_inputs(shape, torch.float64, layout)
+            feat, image, params = fusion_sample_inputs(shape, torch.float64, layout)
             dtype = gc.parse_spec(spec)[0]
-            ours = dict(feat=feat, image=image, **params)
+            ours = dict(feat=feat, image=image, **params._asdict())
             ours = {k: v.to(dtype) for k, v in ours.items()}  # gpu_cases.fusion_inputs: `.to` keeps strides
             theirs = shapes.fusion_inputs(case, "meta", fill=False)
             assert set(ours) == set(theirs), case.name
@@ -319,7 +318,7 @@ def test_gpu_tests_launch_what_the_cache_is_built_from(kind):
 def test_index_range_refused_up_front():
     """C·H·W ≥ 2³¹ per batch item overflows the kernels' int32 offsets: refused, naming the sizes.
     Meta tensors: the check runs before anything is allocated or launched."""
-    from inpaint_fast.triton import fusion_block, short_long_attention
+    from inpaint_fast.triton_kernels import fusion_block, short_long_attention
 
     meta = dict(device="meta", dtype=torch.float16)
     H = W = 4096  # N = 2^24
@@ -346,7 +345,7 @@ def test_index_range_refused_up_front():
 
 
 def test_batch_over_the_grid_limit_is_refused():
-    from inpaint_fast.triton import short_long_attention as K
+    from inpaint_fast.triton_kernels import short_long_attention as K
 
     q, x = torch.empty(K.MAX_BATCH + 1, 2, 1, 1, device="meta"), torch.empty(K.MAX_BATCH + 1, 3, 1, 1, device="meta")
     with pytest.raises(ValueError, match="batch 65536 .* over 65535"):
@@ -381,7 +380,7 @@ def test_tile_lists_cover_every_launch():
     """Each target has a list for every kernel and operand class it can launch (the fused dK/dV
     kernel: the classes that fuse there), no duplicates, tl.dot-sized blocks; the first entry is the
     fixed configuration, so the single-configuration mode launches one the compile check checked."""
-    from inpaint_fast.triton import short_long_attention as K
+    from inpaint_fast.triton_kernels import short_long_attention as K
 
     assert set(K.TILES) == {90, 80}
     for family, kinds in K.TILES.items():
@@ -399,8 +398,8 @@ def test_unfused_dk_path_matches_the_fused_one(monkeypatch):
     """On a GPU, 3xTF32/fp64 (and TF32 on sm_80) take the separate dK launch even when one chunk
     holds every channel; the interpreter fuses there. Forcing the GPU's path here must give the
     same gradients (interpreter, fp64, one chunk)."""
-    from inpaint_fast.triton import interpreter_mode
-    from inpaint_fast.triton import short_long_attention as K
+    from inpaint_fast.triton_kernels import interpreter_mode
+    from inpaint_fast.triton_kernels import short_long_attention as K
 
     if not interpreter_mode():
         pytest.skip("the interpreter's choice is what is compared")
@@ -418,9 +417,9 @@ def test_unfused_dk_path_matches_the_fused_one(monkeypatch):
 
 _PRECISION_SCRIPT = r"""
 import json, torch
-from inpaint_fast.triton import fp32_matmul_allows_tf32
-from inpaint_fast.triton.short_long_attention import _precision
-from inpaint_fast.bench.core import tolerance
+from inpaint_fast.triton_kernels import fp32_matmul_allows_tf32
+from inpaint_fast.triton_kernels.short_long_attention import _precision
+from inpaint_fast.bench.gate import tolerance
 out = {}
 def record(name):
     out[name] = [fp32_matmul_allows_tf32(), _precision(torch.float32), tolerance(torch.float32)]

@@ -23,16 +23,13 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from inpaint_fast import reference  # noqa: E402
-from inpaint_fast.ops.fusion_block import PARAM_NAMES, RUNNING_STATS  # noqa: E402
-from inpaint_fast.triton import fusion_block as kernels  # noqa: E402
-from test_fusion_block import sample_inputs  # noqa: E402
+from inpaint_fast.fusion_block_params import RUNNING_STATS, TRAINABLE  # noqa: E402
+from inpaint_fast.triton_kernels import fusion_block as kernels  # noqa: E402
+from op_samples import fusion_params_clone, fusion_params_to, fusion_sample_inputs, fusion_saved_params  # noqa: E402
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 DEVICE = "cuda" if ON_GPU else "cpu"
 needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (the interpreter cannot compute in bf16)")
-
-PARAMS, BUFFERS = PARAM_NAMES, RUNNING_STATS
-TRAINABLE = [k for k in PARAMS if k not in BUFFERS]  # the order of the bwd op's parameter grads
 
 # (B, c, h, w, H, W, A). The interpreter's tiles are 8×8 (halo kernel: 8×16 lanes → 6×14 outputs),
 # so every shape has partial tiles, and 16×16 has tile seams in both directions. Image at 1×, 2×
@@ -45,11 +42,6 @@ SHAPES = [
 ]
 SHAPE_IDS = ["B{}-c{}-{}x{}-from{}x{}-A{}".format(*s) for s in SHAPES]
 EPS = 1e-5
-
-
-def make_inputs(shape, dtype, cm=32, layout="contiguous"):
-    """(feat, image, params) of test_fusion_block.sample_inputs, on this file's device."""
-    return sample_inputs(shape, dtype, layout, cm=cm, device=DEVICE)
 
 
 def out_grads(shape, dtype):
@@ -70,26 +62,20 @@ def reference_run(feat, image, params, training, grads):
     d = lambda t: t.detach().double().cpu()  # noqa: E731
     f = d(feat).requires_grad_(True)
     xk = resized(d(image), f).requires_grad_(True)
-    p = {k: d(v).clone().requires_grad_(k not in BUFFERS) for k, v in params.items()}
-    outs = reference.fusion_block(f, xk, *[p[k] for k in PARAMS], training=training, momentum=1.0, eps=EPS)
-    wrt = [f, xk] + [p[k] for k in TRAINABLE]
+    p = fusion_params_clone(fusion_params_to(params, "cpu", torch.float64), leaves=True)
+    outs = reference.fusion_block(f, xk, p, training=training, momentum=1.0, eps=EPS)
+    wrt = [f, xk] + [getattr(p, k) for k in TRAINABLE]
     in_grads = torch.autograd.grad(outs, wrt, [d(g) for g in grads])
     n = feat.shape[0] * feat.shape[2] * feat.shape[3]
     unbias = (n - 1) / n if training else 1.0
-    stats = [p["bn1_running_mean"], p["bn1_running_var"] * unbias, p["bn2_running_mean"], p["bn2_running_var"] * unbias]
+    stats = [p.bn1_running_mean, p.bn1_running_var * unbias, p.bn2_running_mean, p.bn2_running_var * unbias]
     return [o.detach() for o in outs], [s.detach() for s in stats], list(in_grads)
 
 
 def triton_run(feat, image, params, training, grads, fused=True):
-    fwd = kernels.fusion_block_fwd(feat, image, *[params[k] for k in PARAMS], training, EPS, fused=fused)
-    out, alpha, raw, m1, v1, m2, v2 = fwd
-    p = {k: params[k] for k in PARAMS}
-    bwd = kernels.fusion_block_bwd(
-        *grads, feat, image, p["map_weight"], p["map_bias"], p["conv1_weight"], p["conv1_bias"],
-        p["bn1_weight"], p["bn1_bias"], m1, v1, p["conv2_weight"], p["conv2_bias"], p["bn2_weight"],
-        p["bn2_bias"], m2, v2, p["conv3_weight"], p["conv3_bias"], training, EPS,
-    )  # fmt: skip
-    return [out, alpha, raw], [m1, v1, m2, v2], list(bwd)
+    out, alpha, raw, *stats = kernels.fusion_block_fwd(feat, image, *params, training, EPS, fused=fused)
+    bwd = kernels.fusion_block_bwd(*grads, feat, image, *fusion_saved_params(params, stats), training, EPS)
+    return [out, alpha, raw], stats, list(bwd)
 
 
 def check(name, got, want, dtype, shape=None, rtol=None):
@@ -117,7 +103,7 @@ def check_all(feat, image, params, training, grads, dtype, fused=True):
     for name, got, want in zip(STAT_NAMES, stats, r_stats):
         assert got.dtype == stat_dtype, name
         check(name, got, want, dtype)
-    likes = [feat, resized(image, feat)] + [params[k] for k in TRAINABLE]
+    likes = [feat, resized(image, feat)] + [getattr(params, k) for k in TRAINABLE]
     for name, got, want, like in zip(GRAD_NAMES, in_grads, r_grads, likes):
         assert got.dtype == like.dtype and got.shape == like.shape and got.is_contiguous(), name
         check(name, got, want, dtype)
@@ -130,7 +116,7 @@ def check_all(feat, image, params, training, grads, dtype, fused=True):
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_matches_reference(shape, dtype, training):
-    feat, image, params = make_inputs(shape, dtype)
+    feat, image, params = fusion_sample_inputs(shape, dtype, device=DEVICE)
     check_all(feat, image, params, training, out_grads(shape, dtype), dtype)
 
 
@@ -138,7 +124,8 @@ def test_matches_reference(shape, dtype, training):
 def test_two_launch_eval_and_c_not_multiple_of_chunk(training):
     """The unfused eval path (R kernel, then the blend kernel) and a c > 32 not a multiple of the chunk."""
     shape = (2, 37, 7, 9, 10, 14, 3)
-    feat, image, params = make_inputs(shape, torch.float64, cm=20)  # Cm not a power of two either
+    # Cm not a power of two either
+    feat, image, params = fusion_sample_inputs(shape, torch.float64, cm=20, device=DEVICE)
     check_all(feat, image, params, training, out_grads(shape, torch.float64), torch.float64, fused=False)
 
 
@@ -149,7 +136,7 @@ def test_two_launch_eval_and_c_not_multiple_of_chunk(training):
 )
 def test_degenerate_shapes(shape, cm):
     """c = 1 and Cm = 1 (size-1 blocks), one-pixel rows/columns, an image smaller than the feature."""
-    feat, image, params = make_inputs(shape, torch.float64, cm=cm)
+    feat, image, params = fusion_sample_inputs(shape, torch.float64, cm=cm, device=DEVICE)
     check_all(feat, image, params, True, out_grads(shape, torch.float64), torch.float64)
 
 
@@ -158,7 +145,7 @@ def test_degenerate_shapes(shape, cm):
 def test_strided_inputs(layout, training):
     """Non-contiguous feat/image/output grads are read through their strides; outputs are contiguous."""
     shape = (2, 5, 7, 9, 10, 14, 3)
-    feat, image, params = make_inputs(shape, torch.float64, layout=layout)
+    feat, image, params = fusion_sample_inputs(shape, torch.float64, layout, device=DEVICE)
     grads = [g.transpose(2, 3).contiguous().transpose(2, 3) for g in out_grads(shape, torch.float64)]
     grads[2] = grads[2].contiguous(memory_format=torch.channels_last)
     check_all(feat, image, params, training, grads, torch.float64)
@@ -167,27 +154,26 @@ def test_strided_inputs(layout, training):
 def test_image_gradient_maps_back():
     """grad_image_resized through the bilinear backward equals the reference's full-resolution image grad."""
     shape = (2, 4, 7, 9, 10, 14, 3)
-    feat, image, params = make_inputs(shape, torch.float64)
+    feat, image, params = fusion_sample_inputs(shape, torch.float64, device=DEVICE)
     grads = out_grads(shape, torch.float64)
     _, _, in_grads = triton_run(feat, image, params, True, grads)
     grad_image = torch.ops.aten.upsample_bilinear2d_backward(in_grads[1], [7, 9], list(image.shape), False, None, None)
     f, img = feat.detach().clone().requires_grad_(True), image.detach().clone().requires_grad_(True)
-    p = {k: v.clone() for k, v in params.items()}
-    outs = reference.fusion_block(f, img, *[p[k] for k in PARAMS], training=True, eps=EPS)
+    outs = reference.fusion_block(f, img, fusion_params_clone(params), training=True, eps=EPS)
     _, want = torch.autograd.grad(outs, [f, img], grads)
     check("grad_image", grad_image, want.cpu(), torch.float64)
 
 
 def test_inputs_untouched_and_eval_stats_are_copies():
     shape = (1, 4, 5, 6, 5, 6, 3)
-    feat, image, params = make_inputs(shape, torch.float32)
-    before = {k: v.clone() for k, v in params.items()}
+    feat, image, params = fusion_sample_inputs(shape, torch.float32, device=DEVICE)
+    before = fusion_params_clone(params)
     for training in (True, False):
-        fwd = kernels.fusion_block_fwd(feat, image, *[params[k] for k in PARAMS], training, EPS)
-        for k in PARAMS:
-            assert torch.equal(params[k], before[k]), f"{k} was modified (training={training})"
-    for got, name in zip(fwd[3:], BUFFERS):  # eval: the running statistics, as fresh tensors
-        assert torch.equal(got, params[name]) and got.data_ptr() != params[name].data_ptr()
+        fwd = kernels.fusion_block_fwd(feat, image, *params, training, EPS)
+        for k, t, was in zip(params._fields, params, before):
+            assert torch.equal(t, was), f"{k} was modified (training={training})"
+    for got, name in zip(fwd[3:], RUNNING_STATS):  # eval: the running statistics, as fresh tensors
+        assert torch.equal(got, getattr(params, name)) and got.data_ptr() != getattr(params, name).data_ptr()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,23 +183,18 @@ class _TritonFusionBlock(torch.autograd.Function):
     """The launchers as an autograd function of (feat, image, trainable params): what the op does."""
 
     @staticmethod
-    def forward(ctx, training, buffers, feat, image, *trainable):
-        p = dict(zip(TRAINABLE, trainable), **buffers)
-        out, alpha, raw, m1, v1, m2, v2 = kernels.fusion_block_fwd(feat, image, *[p[k] for k in PARAMS], training, EPS)
+    def forward(ctx, training, params, feat, image, *trainable):
+        params = params._replace(**dict(zip(TRAINABLE, trainable)))
+        out, alpha, raw, *stats = kernels.fusion_block_fwd(feat, image, *params, training, EPS)
         ctx.training = training
-        ctx.save_for_backward(feat, image, m1, v1, m2, v2, *trainable)
+        ctx.save_for_backward(feat, image, *fusion_saved_params(params, stats))
         return out, alpha, raw
 
     @staticmethod
     def backward(ctx, g_out, g_alpha, g_raw):
-        feat, image, m1, v1, m2, v2, *trainable = ctx.saved_tensors
-        t = dict(zip(TRAINABLE, trainable))
-        grads = kernels.fusion_block_bwd(
-            g_out.contiguous(), g_alpha.contiguous(), g_raw.contiguous(), feat, image,
-            t["map_weight"], t["map_bias"], t["conv1_weight"], t["conv1_bias"], t["bn1_weight"], t["bn1_bias"],
-            m1, v1, t["conv2_weight"], t["conv2_bias"], t["bn2_weight"], t["bn2_bias"], m2, v2,
-            t["conv3_weight"], t["conv3_bias"], ctx.training, EPS,
-        )  # fmt: skip
+        feat, image, *params = ctx.saved_tensors
+        grads = kernels.fusion_block_bwd(g_out.contiguous(), g_alpha.contiguous(), g_raw.contiguous(), feat, image,
+                                         *params, ctx.training, EPS)
         grad_image = torch.ops.aten.upsample_bilinear2d_backward(
             grads[1], list(feat.shape[2:]), list(image.shape), False, None, None
         )
@@ -223,11 +204,10 @@ class _TritonFusionBlock(torch.autograd.Function):
 @pytest.mark.parametrize("shape", [(2, 3, 3, 4, 5, 7, 3), (2, 2, 4, 3, 4, 3, 1)], ids=["A3-resize", "A1-identity"])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_gradcheck(shape, training):
-    feat, image, params = make_inputs(shape, torch.float64, cm=4)
-    buffers = {k: params[k] for k in BUFFERS}
-    inputs = [feat, image] + [params[k] for k in TRAINABLE]
+    feat, image, params = fusion_sample_inputs(shape, torch.float64, cm=4, device=DEVICE)
+    inputs = [feat, image] + [getattr(params, k) for k in TRAINABLE]
     inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
-    fn = lambda *xs: _TritonFusionBlock.apply(training, buffers, *xs)  # noqa: E731
+    fn = lambda *xs: _TritonFusionBlock.apply(training, params, *xs)  # noqa: E731
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
 
@@ -267,7 +247,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from inpaint_fast.triton import fusion_block as K
+from inpaint_fast.triton_kernels import fusion_block as K
 
 TYPES = {torch.float32: "*fp32", torch.float64: "*fp64", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
 done, failed = set(), []

@@ -21,7 +21,8 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from inpaint_fast import reference  # noqa: E402
-from inpaint_fast.triton import short_long_attention as kernels  # noqa: E402
+from inpaint_fast.triton_kernels import short_long_attention as kernels  # noqa: E402
+from op_samples import attention_sample_inputs, laid_out  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if INTERPRET:
@@ -49,34 +50,6 @@ SHAPES = [
     (1, 32, 20, 12, 10, 25),
 ]
 SHAPE_IDS = ["B{}-Cq{}-C{}-Cp{}-{}x{}".format(*s) for s in SHAPES]
-
-
-def _layout(t, layout):
-    if t is None or t.dim() != 4:
-        return t
-    if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "transposed":  # H and W strides swapped: not addressable with one position stride
-        return t.transpose(2, 3).contiguous().transpose(2, 3)
-    return t
-
-
-def make_inputs(shape, dtype, with_pre=True, layout="contiguous", gate_dtype=None, gates=(0.7, -0.4)):
-    """(q, x, gamma, pre, mask, alpha): nonzero gates, fractional mask, fp64 values rounded to dtype."""
-    B, Cq, C, Cp, H, W = shape
-    gate_dtype = gate_dtype or dtype
-    q = 0.5 * torch.randn(B, Cq, H, W, dtype=torch.float64)
-    x = torch.randn(B, C, H, W, dtype=torch.float64)
-    gamma = torch.tensor([gates[0]], dtype=gate_dtype)
-    if with_pre:
-        pre = torch.randn(B, Cp, H, W, dtype=torch.float64)
-        mask = torch.rand(B, 1, H, W, dtype=torch.float64)
-        alpha = torch.tensor([gates[1]], dtype=gate_dtype)
-    else:
-        pre = mask = alpha = None
-    feats = [None if t is None else _layout(t.to(dtype), layout).to(DEVICE) for t in (q, x, pre, mask)]
-    q, x, pre, mask = feats
-    return q, x, gamma.to(DEVICE), pre, mask, None if alpha is None else alpha.to(DEVICE)
 
 
 def upstream(x, pre, dtype):
@@ -143,8 +116,8 @@ def run_and_check(inputs, dtype, scale=1.0, rel=None, grad_layout="contiguous"):
         assert_close("cf", cf, cf_r, dtype, rel)
         assert_close("ca", ca, ca_r, dtype, rel)
 
-    gy_in = _layout(gy, grad_layout)
-    gcf_in = _layout(gcf, grad_layout) if pre is not None else torch.empty(0, dtype=dtype, device=DEVICE)
+    gy_in = laid_out(gy, grad_layout)
+    gcf_in = laid_out(gcf, grad_layout) if pre is not None else torch.empty(0, dtype=dtype, device=DEVICE)
     got = kernels.short_long_attention_bwd(gy_in, gcf_in, q, x, gamma, pre, mask, alpha, sa, ca, lse, scale)
     names = ["q", "x", "gamma", "pre", "mask", "alpha"]
     for name, g, t, r in zip(names, got, inputs, grads_r):
@@ -162,23 +135,24 @@ def run_and_check(inputs, dtype, scale=1.0, rel=None, grad_layout="contiguous"):
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "self"])
 def test_matches_reference(dtype, shape, with_pre):
-    run_and_check(make_inputs(shape, dtype, with_pre), dtype, scale=1.0 if shape[1] != 8 else 0.37)
+    inputs = attention_sample_inputs(shape, dtype, with_pre, device=DEVICE)
+    run_and_check(inputs, dtype, scale=1.0 if shape[1] != 8 else 0.37)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "transposed"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 def test_layouts(layout, dtype):
     """channels_last and non-contiguous inputs and upstream gradients are read through strides."""
-    inputs = make_inputs((2, 8, 12, 20, 5, 7), dtype, layout=layout)
+    inputs = attention_sample_inputs((2, 8, 12, 20, 5, 7), dtype, layout=layout, device=DEVICE)
     run_and_check(inputs, dtype, grad_layout=layout)
 
 
 def test_mixed_layouts_and_gate_dtypes():
     """Each tensor with its own layout; gates in another dtype (grads keep it); a float32 mask."""
-    q, x, gamma, pre, mask, alpha = make_inputs((2, 3, 12, 20, 6, 5), torch.float64, gate_dtype=torch.float32,
-                                                gates=(0.375, -0.625))
-    q = _layout(q, "channels_last")
-    x = _layout(x, "transposed")
+    q, x, gamma, pre, mask, alpha = attention_sample_inputs((2, 3, 12, 20, 6, 5), torch.float64, device=DEVICE,
+                                                            gate_dtype=torch.float32, gates=(0.375, -0.625))
+    q = laid_out(q, "channels_last")
+    x = laid_out(x, "transposed")
     mask = mask.to(torch.float32)
     inputs = (q, x, gamma, pre, mask, alpha)
     got = run_and_check(inputs, torch.float64)
@@ -190,18 +164,19 @@ def test_value_channels_in_several_chunks(monkeypatch, dtype):
     """Channels wider than one chunk: chunked forward, chunk loop in dP, separate dK launch.
     Cp > C also leaves the x stream empty in the later chunks."""
     monkeypatch.setattr(kernels, "MAX_BLOCK_V", 16)
-    run_and_check(make_inputs((2, 8, 20, 40, 5, 9), dtype), dtype, scale=0.5)
-    run_and_check(make_inputs((1, 3, 36, 5, 3, 7), dtype, with_pre=False), dtype)
+    run_and_check(attention_sample_inputs((2, 8, 20, 40, 5, 9), dtype, device=DEVICE), dtype, scale=0.5)
+    run_and_check(attention_sample_inputs((1, 3, 36, 5, 3, 7), dtype, with_pre=False, device=DEVICE), dtype)
 
 
 def test_wide_head_dim():
     """Cq = 128, the widest head dimension."""
-    run_and_check(make_inputs((1, 128, 12, 20, 3, 5), torch.float64), torch.float64, scale=0.125)
+    inputs = attention_sample_inputs((1, 128, 12, 20, 3, 5), torch.float64, device=DEVICE)
+    run_and_check(inputs, torch.float64, scale=0.125)
 
 
 def test_zero_gates():
     """PIC initialises gamma = alpha = 0: y == x exactly, and the gate gradients are still right."""
-    inputs = make_inputs((2, 3, 12, 20, 3, 5), torch.float64, gates=(0.0, 0.0))
+    inputs = attention_sample_inputs((2, 3, 12, 20, 3, 5), torch.float64, gates=(0.0, 0.0), device=DEVICE)
     got = run_and_check(inputs, torch.float64)
     y = kernels.short_long_attention_fwd(*inputs, 1.0)[0]
     assert torch.equal(y, inputs[1])
@@ -209,7 +184,7 @@ def test_zero_gates():
 
 
 def test_backward_is_deterministic():
-    q, x, gamma, pre, mask, alpha = make_inputs((2, 8, 12, 20, 7, 9), torch.float32)
+    q, x, gamma, pre, mask, alpha = attention_sample_inputs((2, 8, 12, 20, 7, 9), torch.float32, device=DEVICE)
     y, cf, sa, ca, lse = kernels.short_long_attention_fwd(q, x, gamma, pre, mask, alpha, 1.0)
     gy, gcf = upstream(x, pre, torch.float32)
     first = kernels.short_long_attention_bwd(gy, gcf, q, x, gamma, pre, mask, alpha, sa, ca, lse, 1.0)
@@ -241,7 +216,7 @@ class _TritonShortLongAttention(torch.autograd.Function):
 
 @pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "self"])
 def test_gradcheck_fp64(with_pre):
-    inputs = make_inputs((2, 2, 3, 2, 2, 3), torch.float64, with_pre)
+    inputs = attention_sample_inputs((2, 2, 3, 2, 2, 3), torch.float64, with_pre, device=DEVICE)
     inputs = tuple(None if t is None else t.detach().requires_grad_(True) for t in inputs)
 
     def fn(*args):
@@ -263,7 +238,7 @@ def test_half_precision(dtype, shape, with_pre):
     shapes, to stay fast); its bf16 arithmetic is wrong, so bf16 needs a GPU."""
     if not ON_GPU and (dtype == torch.bfloat16 or shape[2] > 64):
         pytest.skip("needs a CUDA GPU (bf16 / a large shape under the interpreter)")
-    inputs = make_inputs(shape, dtype, with_pre, gate_dtype=torch.float32)
+    inputs = attention_sample_inputs(shape, dtype, with_pre, gate_dtype=torch.float32, device=DEVICE)
     run_and_check(inputs, dtype, rel=1e-2 if dtype == torch.float16 else 6e-2)
 
 

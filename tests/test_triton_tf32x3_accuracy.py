@@ -112,7 +112,7 @@ def _run(inputs, grads, dtype, matmul):
 
 
 NAMES = ["y", "cf", "grad_q", "grad_x", "grad_gamma", "grad_pre", "grad_mask", "grad_alpha"]
-# The GPU tests' fp32 shapes (inpaint_fast/triton/gpu_run_shapes.py) at B = 2: N = 1024, and an odd N = 1025.
+# The GPU tests' fp32 shapes (inpaint_fast/triton_kernels/gpu_run_shapes.py) at B = 2: N = 1024, and an odd N = 1025.
 SHAPES = [(2, 32, 128, 128, 32, 32), (1, 32, 128, 128, 25, 41)]
 
 

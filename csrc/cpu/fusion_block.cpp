@@ -1,5 +1,5 @@
 // CPU kernels of DFNet's fusion block: inpaint_fast::fusion_block_fwd / fusion_block_bwd
-// (schemas and argument conventions in csrc/ops.cpp; the math in inpaint_fast/reference).
+// (schemas and argument conventions in inpaint_fast/ops/schemas.inc; the math in inpaint_fast/reference).
 //
 // Per pixel of the (h, w) grid, with in = [Xk, R] the 6 inputs of the blend block:
 //   Xk = bilinear(image -> h x w)            R  = sigmoid(Wm F + bm)
@@ -33,9 +33,13 @@
 //    row use kLanes independent partial sums (a vectorisable, fixed-order sum). The hot row kernels
 //    are compiled for x86-64-v4, -v3 and the baseline and picked once at load time (GCC
 //    target_clones), because the extension is built without -march flags. exp is a branch-free
-//    polynomial (exp_d) so that the sigmoid loops vectorise too.
+//    polynomial (exp_d) so that the sigmoid loops vectorise too. These vector helpers are in
+//    csrc/cpu/simd.h.
 //  * float32 and float64 run in their own type; bfloat16 inputs are converted to float32 once and
-//    the outputs converted back.
+//    the outputs converted back (accumulate_dtype, csrc/dtypes.h).
+//  * The entry points gather the 16 parameter tensors into a FusionBlockParams and check them with
+//    the structural checks shared with the CUDA kernels (csrc/fusion_block_params.h). The forward and the
+//    backward each run as one function per pass over the rows.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -44,133 +48,35 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <limits>
 #include <tuple>
-#include <utility>
 #include <vector>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define IPF_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define IPF_MULTIVERSION
-#endif
-// Helpers called from the row kernels must be inlined into each target clone to be vectorised
-// for its instruction set.
-#if defined(__GNUC__)
-#define IPF_INLINE inline __attribute__((always_inline))
-#else
-#define IPF_INLINE inline
-#endif
-// Rows of one scratch buffer are written at runtime offsets the compiler cannot tell apart, which
-// would otherwise keep those loops scalar; no iteration of an IPF_IVDEP loop depends on another.
-#if defined(__GNUC__) && !defined(__clang__)
-#define IPF_IVDEP _Pragma("GCC ivdep")
-#else
-#define IPF_IVDEP
-#endif
+#include "../dtypes.h"
+#include "../fusion_block_params.h"
+#include "common.h"
+#include "simd.h"
 
 namespace inpaint_fast {
+namespace cpu {
 namespace {
 
 // Rows per reduction block: a 128-row image still gives 16 blocks to share out, and the a1 halo
 // row recomputed at the start of a thread's range stays a small overhead.
 constexpr int64_t kRowsPerBlock = 8;
-// Independent partial sums of a row reduction (one AVX2 register of floats).
-constexpr int kLanes = 8;
 constexpr double kSlope = 0.2;  // LeakyReLU negative slope of DFNet's blend block
 
-// ---- small helpers ---------------------------------------------------------------------------
+// ---- shapes and row iteration --------------------------------------------------------------------
 
-// exp(x) to ~1 ulp without branches or calls, so that loops over it vectorise (libm's exp does not
-// without -ffast-math). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then the degree-13 Taylor
-// polynomial (truncation < 5e-18 relative) and 2^n assembled in the exponent bits. Beyond the
-// double range the result is inf (x > 709.78) or 0 (x < -708, libm would give a subnormal), so that
-// sigmoid saturates to exactly 0 and 1 like torch.sigmoid (DFNet's alpha = 0 / 1 facts rely on it).
-IPF_INLINE double exp_d(double x_in) {
-  const double x = std::min(std::max(x_in, -708.0), 709.0);
-  constexpr double kShift = 6755399441055744.0;  // 1.5 * 2^52: t's low mantissa bits hold round(x / ln2)
-  const double t = x * 1.4426950408889634 + kShift;
-  const double n = t - kShift;
-  const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-  double p = 1.0 / 6227020800.0;
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  int64_t bits, shift_bits;
-  std::memcpy(&bits, &t, sizeof bits);
-  std::memcpy(&shift_bits, &kShift, sizeof shift_bits);
-  bits = (bits - shift_bits + 1023) << 52;
-  double scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  const double e = p * scale;
-  return x_in > 709.782712893384 ? std::numeric_limits<double>::infinity() : (x_in < -708.0 ? 0.0 : e);
-}
-
-IPF_INLINE double sigmoid_d(double v) {
-  return 1.0 / (1.0 + exp_d(-v));
-}
-
-template <typename T>
-IPF_INLINE T lrelu(T v, T slope) {
-  return v > T(0) ? v : v * slope;
-}
-
-template <typename Acc>
-IPF_INLINE Acc reduce_lanes(const Acc* acc) {
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-// Sum of a[0..n) in double with kLanes partial sums: vectorises without -ffast-math, fixed order.
-template <typename T>
-IPF_INLINE double sum_row(const T* __restrict a, int64_t n) {
-  double acc[kLanes] = {};
-  int64_t x = 0;
-  for (; x + kLanes <= n; x += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += a[x + l];
-  double tail = 0;
-  for (; x < n; ++x) tail += a[x];
-  return reduce_lanes(acc) + tail;
-}
-
-template <typename T, typename U>
-IPF_INLINE double dot_row(const T* __restrict a, const U* __restrict b, int64_t n) {
-  double acc[kLanes] = {};
-  int64_t x = 0;
-  for (; x + kLanes <= n; x += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(a[x + l]) * b[x + l];
-  double tail = 0;
-  for (; x < n; ++x) tail += static_cast<double>(a[x]) * b[x];
-  return reduce_lanes(acc) + tail;
-}
-
-// Shapes of one call. Activations are NCHW contiguous: row y of channel ch of image b starts at
-// ((b * C + ch) * h + y) * w, and the same row of consecutive channels is hw apart.
-struct Shape {
-  int64_t B, c, h, w, H, W, Cm, A;
+// Shapes of one call: the checked sizes and what follows from them. Activations are NCHW
+// contiguous: row y of channel ch of image b starts at ((b * C + ch) * h + y) * w, and the same
+// row of consecutive channels is hw apart.
+struct Shape : FusionBlockDims {
   int64_t hw, M, ld, blocks_per_image, num_blocks;
 };
 
-Shape make_shape(const at::Tensor& feat, const at::Tensor& image, int64_t Cm, int64_t A) {
+Shape make_shape(const FusionBlockDims& d) {
   Shape s{};
-  s.B = feat.size(0);
-  s.c = feat.size(1);
-  s.h = feat.size(2);
-  s.w = feat.size(3);
-  s.H = image.size(2);
-  s.W = image.size(3);
-  s.Cm = Cm;
-  s.A = A;
+  static_cast<FusionBlockDims&>(s) = d;
   s.hw = s.h * s.w;
   s.M = s.B * s.hw;
   s.ld = s.w + 2;  // a row buffer with one zero column on each side (the 3x3 zero padding)
@@ -718,40 +624,36 @@ std::vector<double> host_vec(const at::Tensor& t) {
 }
 
 // All parameters and the statistics to normalise with, as double host vectors (they are tiny).
-struct Params {
+struct HostParams {
   std::vector<double> Wm, bm, W1, b1, g1, be1, mean1, var1, W2, b2, g2, be2, mean2, var2, W3, b3;
 };
 
-Params host_params(const at::Tensor& map_weight, const at::Tensor& map_bias, const at::Tensor& conv1_weight,
-                   const at::Tensor& conv1_bias, const at::Tensor& bn1_weight, const at::Tensor& bn1_bias,
-                   const at::Tensor& bn1_mean, const at::Tensor& bn1_var, const at::Tensor& conv2_weight,
-                   const at::Tensor& conv2_bias, const at::Tensor& bn2_weight, const at::Tensor& bn2_bias,
-                   const at::Tensor& bn2_mean, const at::Tensor& bn2_var, const at::Tensor& conv3_weight,
-                   const at::Tensor& conv3_bias) {
-  Params p;
-  p.Wm = host_vec(map_weight);
-  p.bm = host_vec(map_bias);
-  p.W1 = host_vec(conv1_weight);
-  p.b1 = host_vec(conv1_bias);
-  p.g1 = host_vec(bn1_weight);
-  p.be1 = host_vec(bn1_bias);
-  p.mean1 = host_vec(bn1_mean);
-  p.var1 = host_vec(bn1_var);
-  p.W2 = host_vec(conv2_weight);
-  p.b2 = host_vec(conv2_bias);
-  p.g2 = host_vec(bn2_weight);
-  p.be2 = host_vec(bn2_bias);
-  p.mean2 = host_vec(bn2_mean);
-  p.var2 = host_vec(bn2_var);
-  p.W3 = host_vec(conv3_weight);
-  p.b3 = host_vec(conv3_bias);
+HostParams host_params(const FusionBlockParams& t) {
+  HostParams p;
+  p.Wm = host_vec(t.map_weight);
+  p.bm = host_vec(t.map_bias);
+  p.W1 = host_vec(t.conv1_weight);
+  p.b1 = host_vec(t.conv1_bias);
+  p.g1 = host_vec(t.bn1_weight);
+  p.be1 = host_vec(t.bn1_bias);
+  p.mean1 = host_vec(t.bn1_mean);
+  p.var1 = host_vec(t.bn1_var);
+  p.W2 = host_vec(t.conv2_weight);
+  p.b2 = host_vec(t.conv2_bias);
+  p.g2 = host_vec(t.bn2_weight);
+  p.be2 = host_vec(t.bn2_bias);
+  p.mean2 = host_vec(t.bn2_mean);
+  p.var2 = host_vec(t.bn2_var);
+  p.W3 = host_vec(t.conv3_weight);
+  p.b3 = host_vec(t.conv3_bias);
   return p;
 }
 
 // Fills X (resized image) and R (raw), both (B, 3, h, w) double, and, if `moments` is non-null,
 // the per-block moments of the 6 channels [X, R].
 template <typename T>
-void compute_xr(const Shape& s, const T* img, const T* F, const Params& p, double* X, double* R, double* moments) {
+void compute_xr(const Shape& s, const T* img, const T* F, const HostParams& p, double* X, double* R,
+                double* moments) {
   const bool identity = s.H == s.h && s.W == s.w;
   const LinearTable ty = linear_table(s.H, s.h);
   const LinearTable tx = linear_table(s.W, s.w);
@@ -775,7 +677,7 @@ void compute_xr(const Shape& s, const T* img, const T* F, const Params& p, doubl
 template <typename T>
 class A1Rows {
  public:
-  A1Rows(const Shape& s, const Params& p, double eps, const double* X, const double* R) : s_(s), X_(X), R_(R) {
+  A1Rows(const Shape& s, const HostParams& p, double eps, const double* X, const double* R) : s_(s), X_(X), R_(R) {
     W1f_.resize(s.Cm * 6);
     b1f_.resize(s.Cm);
     for (int64_t m = 0; m < s.Cm; ++m) {
@@ -803,93 +705,107 @@ class A1Rows {
   std::vector<T> W1f_, b1f_;
 };
 
+// z2 = conv3x3(a1) + b2 row by row, for the rows of one thread's range in order: the a1 rows
+// y-1, y, y+1 the stencil reads are kept in a ring (see the design notes), so consecutive rows
+// compute one new a1 row each. One per thread; W2 and b2 are the raw conv2 weights in T.
+template <typename T, int A>
+class Z2Rows {
+ public:
+  Z2Rows(const Shape& s, const A1Rows<T>& a1rows, const T* W2, const T* b2)
+      : s_(s), a1rows_(a1rows), W2_(W2), b2_(b2), ring_(s.Cm * s.ld, s.h), z2_(A * s.w), in_(6 * s.w) {}
+
+  // z2 of row (b, y): A x w, valid until the next call.
+  const T* row(int64_t b, int64_t y) {
+    auto fill = [&](T* dst, int64_t fb, int64_t fy) { a1rows_.fill(dst, fb, fy, in_.data()); };
+    const T* up = ring_.get(b, y - 1, fill);
+    const T* mid = ring_.get(b, y, fill);
+    const T* down = ring_.get(b, y + 1, fill);
+    conv3x3_row<T, A>(up, mid, down, s_.Cm, s_.w, W2_, b2_, z2_.data());
+    return z2_.data();
+  }
+
+ private:
+  const Shape& s_;
+  const A1Rows<T>& a1rows_;
+  const T* W2_;
+  const T* b2_;
+  RowRing<T> ring_;
+  std::vector<T> z2_, in_;
+};
+
 inline double round_to(double v, at::ScalarType st) {
   return st == at::kFloat ? static_cast<double>(static_cast<float>(v)) : v;
 }
 
+// invstd2 = 1 / sqrt(var2 + eps) per BN2 channel, written in place (a Head points at it).
+void set_bn2_invstd(const HostParams& p, double eps, std::vector<double>& invstd2) {
+  for (size_t a = 0; a < invstd2.size(); ++a) invstd2[a] = 1.0 / std::sqrt(p.var2[a] + eps);
+}
+
 // ---- forward -----------------------------------------------------------------------------------
 
-template <typename T, int A>
-void forward_typed(const Shape& s, const at::Tensor& feat, const at::Tensor& image, Params& p, bool training,
-                   double eps, at::ScalarType stat_type, at::Tensor& out, at::Tensor& alpha, at::Tensor& raw) {
-  const int64_t Cm = s.Cm;
-  const T* F = feat.data_ptr<T>();
-  const T* img = image.data_ptr<T>();
-  const auto opt_d = feat.options().dtype(at::kDouble);
-  at::Tensor xbuf = at::empty({s.B, 3, s.h, s.w}, opt_d), rbuf = at::empty({s.B, 3, s.h, s.w}, opt_d);
-  double* X = xbuf.data_ptr<double>();
-  double* R = rbuf.data_ptr<double>();
-  T* Y = out.data_ptr<T>();
-  T* AL = alpha.data_ptr<T>();
-  T* RAW = raw.data_ptr<T>();
-  const std::vector<T> W2 = cast_vec<T>(p.W2), b2 = cast_vec<T>(p.b2);
+// The forward's per-pixel buffers and outputs.
+template <typename T>
+struct FwdBuffers {
+  const T* F;    // feat
+  const T* img;  // image
+  double* X;     // Xk, (B, 3, h, w)
+  double* R;     // R, (B, 3, h, w)
+  T* Y;          // out
+  T* AL;         // alpha
+  T* RAW;        // raw
+};
 
-  // Pass 1: Xk and R (and, in training, the moments of [Xk, R] that give BN1's batch statistics).
-  std::vector<double> in_blocks(training ? s.num_blocks * moments_size(6) : 0, 0.0);
-  compute_xr<T>(s, img, F, p, X, R, training ? in_blocks.data() : nullptr);
-  if (training) {
-    const std::vector<double> mom = reduce_moments(in_blocks, s.num_blocks, 6);
-    const double* mu = mom.data() + 1;
-    const double* C = mom.data() + 7;
-    for (int64_t m = 0; m < Cm; ++m) {
-      const double* wm = p.W1.data() + m * 6;
-      double mean = p.b1[m], var = 0;
-      for (int i = 0; i < 6; ++i) {
-        mean += wm[i] * mu[i];
-        for (int j = 0; j < 6; ++j) var += wm[i] * C[i * 6 + j] * wm[j];
-      }
-      // Normalise with exactly what is returned, so that the backward recomputes the same a1.
-      p.mean1[m] = round_to(mean, stat_type);
-      p.var1[m] = round_to(std::max(var / static_cast<double>(s.M), 0.0), stat_type);  // biased
+// BN1's batch statistics from the moments of in = [Xk, R] (mean W1 mu + b1, variance
+// w_m^T C w_m / M), into p.mean1 / p.var1.
+void bn1_batch_stats(const Shape& s, const std::vector<double>& in_blocks, at::ScalarType stat_type, HostParams& p) {
+  const std::vector<double> mom = reduce_moments(in_blocks, s.num_blocks, 6);
+  const double* mu = mom.data() + 1;
+  const double* C = mom.data() + 7;
+  for (int64_t m = 0; m < s.Cm; ++m) {
+    const double* wm = p.W1.data() + m * 6;
+    double mean = p.b1[m], var = 0;
+    for (int i = 0; i < 6; ++i) {
+      mean += wm[i] * mu[i];
+      for (int j = 0; j < 6; ++j) var += wm[i] * C[i * 6 + j] * wm[j];
     }
+    // Normalise with exactly what is returned, so that the backward recomputes the same a1.
+    p.mean1[m] = round_to(mean, stat_type);
+    p.var1[m] = round_to(std::max(var / static_cast<double>(s.M), 0.0), stat_type);  // biased
   }
-  const A1Rows<T> a1rows(s, p, eps, X, R);
+}
 
-  std::vector<double> invstd2(A);
-  const Head hd{p.mean2.data(), invstd2.data(), p.g2.data(), p.be2.data(), p.W3.data(), p.b3.data()};
-  auto set_invstd2 = [&]() {
-    for (int a = 0; a < A; ++a) invstd2[a] = 1.0 / std::sqrt(p.var2[a] + eps);
-  };
-  if (!training) set_invstd2();
-
-  // Pass 2: a1 (recomputed in a ring) -> z2. Eval finishes each row right away; training stores z2
-  // and its per-block moments, since BN2 needs the statistics of the whole batch first.
-  at::Tensor z2buf = training ? at::empty({s.B, A, s.h, s.w}, feat.options()) : at::Tensor();
-  T* Z2 = training ? z2buf.data_ptr<T>() : nullptr;
-  std::vector<double> z_blocks(training ? s.num_blocks * moments_size(A) : 0, 0.0);
+// Pass 2: a1 (recomputed in a ring) -> z2. Eval finishes each row right away (hd holds the running
+// statistics); training stores z2 into Z2 and its per-block moments into z_blocks, since BN2 needs
+// the statistics of the whole batch first.
+template <typename T, int A>
+void forward_z2_pass(const Shape& s, const A1Rows<T>& a1rows, const std::vector<T>& W2, const std::vector<T>& b2,
+                     const Head& hd, bool training, const FwdBuffers<T>& io, T* Z2, std::vector<double>& z_blocks) {
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
-    RowRing<T> ring(Cm * s.ld, s.h);
-    std::vector<T> z2row(A * s.w), in(6 * s.w);
+    Z2Rows<T, A> z2rows(s, a1rows, W2.data(), b2.data());
     std::vector<double> tmp(4 * A * s.w);
-    auto fill = [&](T* dst, int64_t b, int64_t y) { a1rows.fill(dst, b, y, in.data()); };
     for_rows(s, blk0, blk1, [&](int64_t blk, int64_t b, int64_t y) {
-      const T* up = ring.get(b, y - 1, fill);
-      const T* mid = ring.get(b, y, fill);
-      const T* down = ring.get(b, y + 1, fill);
-      conv3x3_row<T, A>(up, mid, down, Cm, s.w, W2.data(), b2.data(), z2row.data());
+      const T* z2row = z2rows.row(b, y);
       const int64_t o3 = row_offset(s, 3, b, y);
       const int64_t oa = row_offset(s, A, b, y);
       if (training) {
         const T* rows[A];
         for (int a = 0; a < A; ++a) {
-          std::copy(z2row.data() + a * s.w, z2row.data() + (a + 1) * s.w, Z2 + oa + a * s.hw);
-          rows[a] = z2row.data() + a * s.w;
+          std::copy(z2row + a * s.w, z2row + (a + 1) * s.w, Z2 + oa + a * s.hw);
+          rows[a] = z2row + a * s.w;
         }
         row_moments<T>(rows, A, s.w, tmp.data(), z_blocks.data() + blk * moments_size(A));
       } else {
-        finish_row<T, A>(z2row.data(), X + o3, R + o3, s.hw, hd, s.w, tmp.data(), AL + oa, Y + o3, RAW + o3);
+        finish_row<T, A>(z2row, io.X + o3, io.R + o3, s.hw, hd, s.w, tmp.data(), io.AL + oa, io.Y + o3, io.RAW + o3);
       }
     });
   });
-  if (!training) return;
+}
 
-  // Pass 3 (training): BN2 with the batch statistics, then the rest of each row.
-  const std::vector<double> zm = reduce_moments(z_blocks, s.num_blocks, A);
-  for (int a = 0; a < A; ++a) {
-    p.mean2[a] = round_to(zm[1 + a], stat_type);
-    p.var2[a] = round_to(std::max(zm[1 + A + a * A + a] / static_cast<double>(s.M), 0.0), stat_type);
-  }
-  set_invstd2();
+// Pass 3 (training): the head and the blend of every row from the stored z2, with BN2's batch
+// statistics in hd.
+template <typename T, int A>
+void forward_finish_pass(const Shape& s, const Head& hd, const T* Z2, const FwdBuffers<T>& io) {
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
     std::vector<T> z2row(A * s.w);
     std::vector<double> tmp(4 * A * s.w);
@@ -898,9 +814,46 @@ void forward_typed(const Shape& s, const at::Tensor& feat, const at::Tensor& ima
       const int64_t oa = row_offset(s, A, b, y);
       for (int a = 0; a < A; ++a)
         std::copy(Z2 + oa + a * s.hw, Z2 + oa + a * s.hw + s.w, z2row.data() + a * s.w);
-      finish_row<T, A>(z2row.data(), X + o3, R + o3, s.hw, hd, s.w, tmp.data(), AL + oa, Y + o3, RAW + o3);
+      finish_row<T, A>(z2row.data(), io.X + o3, io.R + o3, s.hw, hd, s.w, tmp.data(), io.AL + oa, io.Y + o3,
+                       io.RAW + o3);
     });
   });
+}
+
+template <typename T, int A>
+void forward_typed(const Shape& s, const at::Tensor& feat, const at::Tensor& image, HostParams& p, bool training,
+                   double eps, at::ScalarType stat_type, at::Tensor& out, at::Tensor& alpha, at::Tensor& raw) {
+  const auto opt_d = feat.options().dtype(at::kDouble);
+  at::Tensor xbuf = at::empty({s.B, 3, s.h, s.w}, opt_d), rbuf = at::empty({s.B, 3, s.h, s.w}, opt_d);
+  const FwdBuffers<T> io{feat.data_ptr<T>(),    image.data_ptr<T>(),   xbuf.data_ptr<double>(), rbuf.data_ptr<double>(),
+                         out.data_ptr<T>(), alpha.data_ptr<T>(), raw.data_ptr<T>()};
+  const std::vector<T> W2 = cast_vec<T>(p.W2), b2 = cast_vec<T>(p.b2);
+
+  // Pass 1: Xk and R (and, in training, the moments of [Xk, R] that give BN1's batch statistics).
+  std::vector<double> in_blocks(training ? s.num_blocks * moments_size(6) : 0, 0.0);
+  compute_xr<T>(s, io.img, io.F, p, io.X, io.R, training ? in_blocks.data() : nullptr);
+  if (training) bn1_batch_stats(s, in_blocks, stat_type, p);
+  const A1Rows<T> a1rows(s, p, eps, io.X, io.R);
+
+  std::vector<double> invstd2(A);
+  const Head hd{p.mean2.data(), invstd2.data(), p.g2.data(), p.be2.data(), p.W3.data(), p.b3.data()};
+  if (!training) set_bn2_invstd(p, eps, invstd2);
+
+  // Pass 2: z2 (eval: and the rest of each row).
+  at::Tensor z2buf = training ? at::empty({s.B, A, s.h, s.w}, feat.options()) : at::Tensor();
+  T* Z2 = training ? z2buf.data_ptr<T>() : nullptr;
+  std::vector<double> z_blocks(training ? s.num_blocks * moments_size(A) : 0, 0.0);
+  forward_z2_pass<T, A>(s, a1rows, W2, b2, hd, training, io, Z2, z_blocks);
+  if (!training) return;
+
+  // Pass 3 (training): BN2 with the batch statistics, then the rest of each row.
+  const std::vector<double> zm = reduce_moments(z_blocks, s.num_blocks, A);
+  for (int a = 0; a < A; ++a) {
+    p.mean2[a] = round_to(zm[1 + a], stat_type);
+    p.var2[a] = round_to(std::max(zm[1 + A + a * A + a] / static_cast<double>(s.M), 0.0), stat_type);
+  }
+  set_bn2_invstd(p, eps, invstd2);
+  forward_finish_pass<T, A>(s, hd, Z2, io);
 }
 
 // ---- backward ----------------------------------------------------------------------------------
@@ -909,61 +862,50 @@ struct Grads {
   std::vector<double> Wm, bm, W1, b1, g1, be1, W2, b2, g2, be2, W3, b3;
 };
 
+// The backward's inputs and per-pixel buffers. The buffers are double and at most 3 channels:
+// X, R, dL/dR so far (dRd), g2 = dL/d(BN2 output) and n2 (the BN2 backward's inputs); gX, the
+// dL/dXk being accumulated, is the output gxk (double too); dF is the output grad_feat.
+template <typename T>
+struct BwdBuffers {
+  const T *F, *img, *gout, *galpha, *graw;
+  double *X, *R, *dRd, *G2, *N2, *gX;
+  T* dF;
+};
+
+// The moments of in = [Xk, R] over the batch: mean mu and co-moment sum C = sum (in - mu)(in - mu)^T.
+struct InMoments {
+  std::vector<double> mom;
+  const double* mu() const { return mom.data() + 1; }
+  const double* C() const { return mom.data() + 7; }
+};
+
+// The BN2 backward as dz2 = cA g2 + cB n2 + cC per channel (training: dz = gamma invstd (g - mean g
+// - n mean(g n)); eval: cB = cC = 0).
+struct Bn2Bwd {
+  std::vector<double> cA, cB, cC;
+};
+
+// Pass 2: recompute a1 -> z2 -> alpha and propagate down to g2 (dL/d BN2 output), with the direct
+// parts of dL/dXk and dL/dR; the head's gradients (W3, b3, BN2's gamma and beta, b2) from its sums.
 template <typename T, int A>
-void backward_typed(const Shape& s, const at::Tensor& gout_t, const at::Tensor& galpha_t, const at::Tensor& graw_t,
-                    const at::Tensor& feat, const at::Tensor& image, const Params& p, bool training, double eps,
-                    at::Tensor& gfeat, at::Tensor& gxk, Grads& gr) {
-  const T slope = static_cast<T>(kSlope);
-  const int64_t Cm = s.Cm;
+Bn2Bwd backward_head_pass(const Shape& s, const HostParams& p, const A1Rows<T>& a1rows, const std::vector<T>& W2,
+                          const std::vector<T>& b2, bool training, double eps, const BwdBuffers<T>& io, Grads& gr) {
   const double M = static_cast<double>(s.M);
-  const T* F = feat.data_ptr<T>();
-  const T* img = image.data_ptr<T>();
-  const T* gout = gout_t.data_ptr<T>();
-  const T* galpha = galpha_t.data_ptr<T>();
-  const T* graw = graw_t.data_ptr<T>();
-  // Scratch, all double and at most 3 channels: X, R, dL/dR so far, g2 and n2; gxk is double too.
-  const auto opt_d = feat.options().dtype(at::kDouble);
-  at::Tensor xbuf = at::empty({s.B, 3, s.h, s.w}, opt_d), rbuf = at::empty({s.B, 3, s.h, s.w}, opt_d);
-  at::Tensor drbuf = at::empty({s.B, 3, s.h, s.w}, opt_d);
-  at::Tensor g2buf = at::empty({s.B, A, s.h, s.w}, opt_d), n2buf = at::empty({s.B, A, s.h, s.w}, opt_d);
-  double* X = xbuf.data_ptr<double>();
-  double* R = rbuf.data_ptr<double>();
-  double* dRd = drbuf.data_ptr<double>();
-  double* G2 = g2buf.data_ptr<double>();
-  double* N2 = n2buf.data_ptr<double>();
-  double* gX = gxk.data_ptr<double>();
-  T* dF = gfeat.data_ptr<T>();
-  const std::vector<T> W2 = cast_vec<T>(p.W2), b2 = cast_vec<T>(p.b2);
-
-  // Pass 1: recompute Xk and R, with the mean and covariance of in = [Xk, R] (the BN1 backward is
-  // expressed through them, see conv_bwd_row).
-  std::vector<double> in_blocks(s.num_blocks * moments_size(6), 0.0);
-  compute_xr<T>(s, img, F, p, X, R, in_blocks.data());
-  const std::vector<double> mom = reduce_moments(in_blocks, s.num_blocks, 6);
-  const double* mu = mom.data() + 1;
-  const double* C = mom.data() + 7;  // sum (in - mu)(in - mu)^T
-  const A1Rows<T> a1rows(s, p, eps, X, R);
-
-  // Pass 2: recompute a1 -> z2 -> alpha and propagate down to g2 (dL/d BN2 output).
   std::vector<double> invstd2(A);
-  for (int a = 0; a < A; ++a) invstd2[a] = 1.0 / std::sqrt(p.var2[a] + eps);
+  set_bn2_invstd(p, eps, invstd2);
   const Head hd{p.mean2.data(), invstd2.data(), p.g2.data(), p.be2.data(), p.W3.data(), p.b3.data()};
   const int64_t k_head = A * A + 4 * A;
   std::vector<double> head_blocks(s.num_blocks * k_head, 0.0);
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
-    RowRing<T> ring(Cm * s.ld, s.h);
-    std::vector<T> z2row(A * s.w), in(6 * s.w);
+    Z2Rows<T, A> z2rows(s, a1rows, W2.data(), b2.data());
     std::vector<double> tmp(5 * A * s.w);
-    auto fill = [&](T* dst, int64_t b, int64_t y) { a1rows.fill(dst, b, y, in.data()); };
     for_rows(s, blk0, blk1, [&](int64_t blk, int64_t b, int64_t y) {
-      const T* up = ring.get(b, y - 1, fill);
-      const T* mid = ring.get(b, y, fill);
-      const T* down = ring.get(b, y + 1, fill);
-      conv3x3_row<T, A>(up, mid, down, Cm, s.w, W2.data(), b2.data(), z2row.data());
+      const T* z2row = z2rows.row(b, y);
       const int64_t o3 = row_offset(s, 3, b, y);
       const int64_t oa = row_offset(s, A, b, y);
-      head_bwd_row<T, A>(z2row.data(), X + o3, R + o3, s.hw, gout + o3, galpha + oa, graw + o3, hd, s.w, tmp.data(),
-                         G2 + oa, N2 + oa, gX + o3, dRd + o3, head_blocks.data() + blk * k_head);
+      head_bwd_row<T, A>(z2row, io.X + o3, io.R + o3, s.hw, io.gout + o3, io.galpha + oa, io.graw + o3, hd, s.w,
+                         tmp.data(), io.G2 + oa, io.N2 + oa, io.gX + o3, io.dRd + o3,
+                         head_blocks.data() + blk * k_head);
     });
   });
   const std::vector<double> head = reduce_blocks(head_blocks, s.num_blocks, k_head);
@@ -972,25 +914,37 @@ void backward_typed(const Shape& s, const at::Tensor& gout_t, const at::Tensor& 
   gr.be2.assign(head.begin() + A * A + A, head.begin() + A * A + 2 * A);
   gr.g2.assign(head.begin() + A * A + 2 * A, head.begin() + A * A + 3 * A);
   const double* sum_n2 = head.data() + A * A + 3 * A;
-  // BN2 backward as dz2 = cA g2 + cB n2 + cC (training: dz = gamma invstd (g - mean g - n mean(g n))),
-  // so db2 = sum dz2 follows from the head's sums.
-  std::vector<double> cA(A), cB(A), cC(A);
+  // db2 = sum dz2 follows from the head's sums.
+  Bn2Bwd bn2{std::vector<double>(A), std::vector<double>(A), std::vector<double>(A)};
   gr.b2.assign(A, 0.0);
   for (int a = 0; a < A; ++a) {
-    cA[a] = p.g2[a] * invstd2[a];
-    cB[a] = training ? -cA[a] * gr.g2[a] / M : 0.0;
-    cC[a] = training ? -cA[a] * gr.be2[a] / M : 0.0;
-    gr.b2[a] = cA[a] * gr.be2[a] + cB[a] * sum_n2[a] + cC[a] * M;
+    bn2.cA[a] = p.g2[a] * invstd2[a];
+    bn2.cB[a] = training ? -bn2.cA[a] * gr.g2[a] / M : 0.0;
+    bn2.cC[a] = training ? -bn2.cA[a] * gr.be2[a] / M : 0.0;
+    gr.b2[a] = bn2.cA[a] * gr.be2[a] + bn2.cB[a] * sum_n2[a] + bn2.cC[a] * M;
   }
+  return bn2;
+}
 
-  // Pass 3: dz2 rows and a1 rows (rings) -> dW2, g1 and the folded BN1 / conv1 sums; the per-pixel
-  // u = W1^T D g1 goes straight into the Xk and R gradients.
+// gamma1 invstd1 per BN1 channel (D in the BN1 backward).
+std::vector<double> bn1_scale(const HostParams& p, int64_t Cm, double eps) {
   std::vector<double> D(Cm);
+  for (int64_t m = 0; m < Cm; ++m) D[m] = p.g1[m] / std::sqrt(p.var1[m] + eps);
+  return D;
+}
+
+// Pass 3: dz2 rows and a1 rows (rings) -> dW2 (into gr.W2), g1 and the folded BN1 / conv1 sums;
+// the per-pixel u = W1^T D g1 goes straight into the Xk and R gradients. Returns the sums
+// S1 = sum g1 (Cm) followed by P = sum g1 (in - mu)^T (Cm x 6).
+template <typename T, int A>
+std::vector<double> backward_conv_pass(const Shape& s, const HostParams& p, const A1Rows<T>& a1rows,
+                                       const std::vector<T>& W2, const std::vector<double>& D, const Bn2Bwd& bn2,
+                                       const double* mu, const BwdBuffers<T>& io, Grads& gr) {
+  const T slope = static_cast<T>(kSlope);
+  const int64_t Cm = s.Cm;
   std::vector<T> W1D(Cm * 6);
-  for (int64_t m = 0; m < Cm; ++m) {
-    D[m] = p.g1[m] / std::sqrt(p.var1[m] + eps);
+  for (int64_t m = 0; m < Cm; ++m)
     for (int j = 0; j < 6; ++j) W1D[m * 6 + j] = static_cast<T>(p.W1[m * 6 + j] * D[m]);
-  }
   const int64_t k_conv = A * Cm * 9 + Cm + Cm * 6;
   std::vector<double> conv_blocks(s.num_blocks * k_conv, 0.0);
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
@@ -1000,12 +954,12 @@ void backward_typed(const Shape& s, const at::Tensor& gout_t, const at::Tensor& 
     auto fill_d = [&](T* dst, int64_t b, int64_t y) {
       const int64_t oa = row_offset(s, A, b, y);
       for (int a = 0; a < A; ++a) {
-        const double* g2 = G2 + oa + a * s.hw;
-        const double* n2 = N2 + oa + a * s.hw;
+        const double* g2 = io.G2 + oa + a * s.hw;
+        const double* n2 = io.N2 + oa + a * s.hw;
         T* d = dst + a * s.ld;
         d[0] = T(0);
         d[s.w + 1] = T(0);
-        for (int64_t x = 0; x < s.w; ++x) d[x + 1] = static_cast<T>(cA[a] * g2[x] + cB[a] * n2[x] + cC[a]);
+        for (int64_t x = 0; x < s.w; ++x) d[x + 1] = static_cast<T>(bn2.cA[a] * g2[x] + bn2.cB[a] * n2[x] + bn2.cC[a]);
       }
     };
     for_rows(s, blk0, blk1, [&](int64_t blk, int64_t b, int64_t y) {
@@ -1018,14 +972,14 @@ void backward_typed(const Shape& s, const at::Tensor& gout_t, const at::Tensor& 
       const int64_t o3 = row_offset(s, 3, b, y);
       for (int j = 0; j < 3; ++j)
         for (int64_t x = 0; x < s.w; ++x) {
-          inc[j * s.w + x] = static_cast<T>(X[o3 + j * s.hw + x] - mu[j]);
-          inc[(3 + j) * s.w + x] = static_cast<T>(R[o3 + j * s.hw + x] - mu[3 + j]);
+          inc[j * s.w + x] = static_cast<T>(io.X[o3 + j * s.hw + x] - mu[j]);
+          inc[(3 + j) * s.w + x] = static_cast<T>(io.R[o3 + j * s.hw + x] - mu[3 + j]);
         }
       conv_bwd_row<T, A>(a_up, a_mid, a_down, d_up, d_mid, d_down, inc.data(), W2.data(), W1D.data(), slope, Cm, s.w,
                          g.data(), u.data(), conv_blocks.data() + blk * k_conv);
       for (int j = 0; j < 3; ++j) {
-        double* gx = gX + o3 + j * s.hw;
-        double* dr = dRd + o3 + j * s.hw;
+        double* gx = io.gX + o3 + j * s.hw;
+        double* dr = io.dRd + o3 + j * s.hw;
         for (int64_t x = 0; x < s.w; ++x) {
           gx[x] += static_cast<double>(u[j * s.w + x]);
           dr[x] += static_cast<double>(u[(3 + j) * s.w + x]);
@@ -1035,21 +989,37 @@ void backward_typed(const Shape& s, const at::Tensor& gout_t, const at::Tensor& 
   });
   const std::vector<double> conv = reduce_blocks(conv_blocks, s.num_blocks, k_conv);
   gr.W2.assign(conv.begin(), conv.begin() + A * Cm * 9);
-  const double* S1 = conv.data() + A * Cm * 9;  // sum g1 (= dbeta1)
-  const double* P = S1 + Cm;                     // sum g1 (in - mu)^T
+  return std::vector<double>(conv.begin() + A * Cm * 9, conv.end());
+}
 
-  // BN1 + conv1 backward from the sums. With in' = in - mu, d = W1 mu + b1 - mean1 (so that
-  // z1 - mean1 = W1 in' + d), n1 = invstd1 (z1 - mean1), D = gamma1 invstd1 and, in training,
-  // E = D invstd1 S2 / M:
-  //   dz1 = D g1 [- D S1 / M - E (W1 in' + d)]           (bracket: training only)
-  //   dgamma1 = S2 = sum g1 n1 = invstd1 (W1 . P + d S1),  dbeta1 = S1
-  //   dW1 = sum dz1 in^T,  db1 = sum dz1,  dZ = W1^T dz1 = u + K in' + c0,
-  // using sum in' = 0 and sum in' in'^T = C.
+// The input-dependent part of dZ = W1^T dz1 = u + K (in - mu) + c0 (zero in eval).
+struct Conv1InputGrad {
+  std::vector<double> K, c0;  // 6 x 6, 6
+};
+
+// BN1 + conv1 backward from the sums of pass 3 (S1 = sum g1, P = sum g1 (in - mu)^T) into
+// gr.g1, be1, W1, b1. With in' = in - mu, d = W1 mu + b1 - mean1 (so that z1 - mean1 = W1 in' + d),
+// n1 = invstd1 (z1 - mean1), D = gamma1 invstd1 and, in training, E = D invstd1 S2 / M:
+//   dz1 = D g1 [- D S1 / M - E (W1 in' + d)]           (bracket: training only)
+//   dgamma1 = S2 = sum g1 n1 = invstd1 (W1 . P + d S1),  dbeta1 = S1
+//   dW1 = sum dz1 in^T,  db1 = sum dz1,  dZ = W1^T dz1 = u + K in' + c0,
+// using sum in' = 0 and sum in' in'^T = C.
+Conv1InputGrad bn1_conv1_backward(const Shape& s, const HostParams& p, bool training, double eps,
+                                  const InMoments& in, const std::vector<double>& D, const std::vector<double>& sums,
+                                  Grads& gr) {
+  const int64_t Cm = s.Cm;
+  const double M = static_cast<double>(s.M);
+  const double* mu = in.mu();
+  const double* C = in.C();
+  const double* S1 = sums.data();
+  const double* P = S1 + Cm;
   gr.g1.assign(Cm, 0.0);
   gr.be1.assign(S1, S1 + Cm);
   gr.W1.assign(Cm * 6, 0.0);
   gr.b1.assign(Cm, 0.0);
-  std::vector<double> K(36, 0.0), c0(6, 0.0);
+  Conv1InputGrad dz{std::vector<double>(36, 0.0), std::vector<double>(6, 0.0)};
+  double* K = dz.K.data();
+  double* c0 = dz.c0.data();
   for (int64_t m = 0; m < Cm; ++m) {
     const double* wm = p.W1.data() + m * 6;
     const double invstd = 1.0 / std::sqrt(p.var1[m] + eps);
@@ -1077,8 +1047,13 @@ void backward_typed(const Shape& s, const at::Tensor& gout_t, const at::Tensor& 
       gr.b1[m] = D[m] * S1[m];
     }
   }
+  return dz;
+}
 
-  // Pass 4: the rest of dXk and dR, then the map conv (dF, dWm, dbm).
+// Pass 4: the rest of dXk and dR, then the map conv (dF, and dWm, dbm into gr).
+template <typename T>
+void backward_tail_pass(const Shape& s, const HostParams& p, bool training, const double* mu,
+                        const Conv1InputGrad& dz, const BwdBuffers<T>& io, Grads& gr) {
   const int64_t k_tail = 3 * s.c + 3;
   std::vector<double> tail_blocks(s.num_blocks * k_tail, 0.0);
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
@@ -1086,8 +1061,9 @@ void backward_typed(const Shape& s, const at::Tensor& gout_t, const at::Tensor& 
     for_rows(s, blk0, blk1, [&](int64_t blk, int64_t b, int64_t y) {
       const int64_t o3 = row_offset(s, 3, b, y);
       const int64_t oc = row_offset(s, s.c, b, y);
-      tail_bwd_row<T>(X + o3, R + o3, s.hw, F + oc, s.c, p.Wm.data(), training, mu, K.data(), c0.data(), gX + o3,
-                      dRd + o3, dF + oc, dr.data(), tail_blocks.data() + blk * k_tail, s.w);
+      tail_bwd_row<T>(io.X + o3, io.R + o3, s.hw, io.F + oc, s.c, p.Wm.data(), training, mu, dz.K.data(),
+                      dz.c0.data(), io.gX + o3, io.dRd + o3, io.dF + oc, dr.data(), tail_blocks.data() + blk * k_tail,
+                      s.w);
     });
   });
   const std::vector<double> tail = reduce_blocks(tail_blocks, s.num_blocks, k_tail);
@@ -1095,48 +1071,35 @@ void backward_typed(const Shape& s, const at::Tensor& gout_t, const at::Tensor& 
   gr.bm.assign(tail.begin() + 3 * s.c, tail.end());
 }
 
+template <typename T, int A>
+void backward_typed(const Shape& s, const at::Tensor& gout, const at::Tensor& galpha, const at::Tensor& graw,
+                    const at::Tensor& feat, const at::Tensor& image, const HostParams& p, bool training, double eps,
+                    at::Tensor& gfeat, at::Tensor& gxk, Grads& gr) {
+  const auto opt_d = feat.options().dtype(at::kDouble);
+  at::Tensor xbuf = at::empty({s.B, 3, s.h, s.w}, opt_d), rbuf = at::empty({s.B, 3, s.h, s.w}, opt_d);
+  at::Tensor drbuf = at::empty({s.B, 3, s.h, s.w}, opt_d);
+  at::Tensor g2buf = at::empty({s.B, A, s.h, s.w}, opt_d), n2buf = at::empty({s.B, A, s.h, s.w}, opt_d);
+  const BwdBuffers<T> io{feat.data_ptr<T>(),      image.data_ptr<T>(),     gout.data_ptr<T>(),
+                         galpha.data_ptr<T>(),    graw.data_ptr<T>(),      xbuf.data_ptr<double>(),
+                         rbuf.data_ptr<double>(), drbuf.data_ptr<double>(), g2buf.data_ptr<double>(),
+                         n2buf.data_ptr<double>(), gxk.data_ptr<double>(), gfeat.data_ptr<T>()};
+  const std::vector<T> W2 = cast_vec<T>(p.W2), b2 = cast_vec<T>(p.b2);
+
+  // Pass 1: recompute Xk and R, with the mean and covariance of in = [Xk, R] (the BN1 backward is
+  // expressed through them, see conv_bwd_row).
+  std::vector<double> in_blocks(s.num_blocks * moments_size(6), 0.0);
+  compute_xr<T>(s, io.img, io.F, p, io.X, io.R, in_blocks.data());
+  const InMoments in{reduce_moments(in_blocks, s.num_blocks, 6)};
+  const A1Rows<T> a1rows(s, p, eps, io.X, io.R);
+
+  const Bn2Bwd bn2 = backward_head_pass<T, A>(s, p, a1rows, W2, b2, training, eps, io, gr);
+  const std::vector<double> D = bn1_scale(p, s.Cm, eps);
+  const std::vector<double> sums = backward_conv_pass<T, A>(s, p, a1rows, W2, D, bn2, in.mu(), io, gr);
+  const Conv1InputGrad dz = bn1_conv1_backward(s, p, training, eps, in, D, sums, gr);
+  backward_tail_pass<T>(s, p, training, in.mu(), dz, io, gr);
+}
+
 // ---- op entry points ---------------------------------------------------------------------------
-
-at::ScalarType compute_type(const at::Tensor& feat, const char* op) {
-  const at::ScalarType st = feat.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16, op, ": unsupported dtype ", st,
-              " (supported: float32, float64, bfloat16)");
-  return st == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// Short structural checks (the Python layer validates user input in full); returns (Cm, A).
-std::pair<int64_t, int64_t> check_shapes(const at::Tensor& feat, const at::Tensor& image, const at::Tensor& map_weight,
-                                         const at::Tensor& map_bias, const at::Tensor& conv1_weight,
-                                         const at::Tensor& conv1_bias, const at::Tensor& bn1_weight,
-                                         const at::Tensor& bn1_bias, const at::Tensor& bn1_mean,
-                                         const at::Tensor& bn1_var, const at::Tensor& conv2_weight,
-                                         const at::Tensor& conv2_bias, const at::Tensor& bn2_weight,
-                                         const at::Tensor& bn2_bias, const at::Tensor& bn2_mean,
-                                         const at::Tensor& bn2_var, const at::Tensor& conv3_weight,
-                                         const at::Tensor& conv3_bias) {
-  TORCH_CHECK(feat.dim() == 4 && image.dim() == 4, "fusion_block: feat and image must be 4-D");
-  TORCH_CHECK(image.size(0) == feat.size(0) && image.size(1) == 3, "fusion_block: image must be (B, 3, H, W)");
-  TORCH_CHECK(feat.numel() > 0 && image.numel() > 0, "fusion_block: empty input");
-  const int64_t c = feat.size(1);
-  TORCH_CHECK(map_weight.numel() == 3 * c && map_bias.numel() == 3, "fusion_block: map conv must be (3, c, 1, 1)");
-  TORCH_CHECK(conv1_weight.dim() == 4 && conv1_weight.size(1) == 6 && conv1_weight.numel() == conv1_weight.size(0) * 6,
-              "fusion_block: conv1_weight must be (Cm, 6, 1, 1)");
-  const int64_t Cm = conv1_weight.size(0);
-  TORCH_CHECK(conv1_bias.numel() == Cm && bn1_weight.numel() == Cm && bn1_bias.numel() == Cm &&
-                  bn1_mean.numel() == Cm && bn1_var.numel() == Cm,
-              "fusion_block: conv1 bias and bn1 tensors must have Cm elements");
-  TORCH_CHECK(conv3_weight.dim() == 4, "fusion_block: conv3_weight must be (A, A, 1, 1)");
-  const int64_t A = conv3_weight.size(0);
-  TORCH_CHECK(A == 1 || A == 3, "fusion_block: c_alpha must be 1 or 3");
-  TORCH_CHECK(conv3_weight.numel() == A * A && conv3_bias.numel() == A, "fusion_block: conv3 must be (A, A, 1, 1)");
-  TORCH_CHECK(conv2_weight.dim() == 4 && conv2_weight.size(0) == A && conv2_weight.size(1) == Cm &&
-                  conv2_weight.size(2) == 3 && conv2_weight.size(3) == 3,
-              "fusion_block: conv2_weight must be (A, Cm, 3, 3)");
-  TORCH_CHECK(conv2_bias.numel() == A && bn2_weight.numel() == A && bn2_bias.numel() == A && bn2_mean.numel() == A &&
-                  bn2_var.numel() == A,
-              "fusion_block: conv2 bias and bn2 tensors must have A elements");
-  return {Cm, A};
-}
 
 // A fresh 1-D tensor of dtype st holding v.
 at::Tensor vec_tensor(const std::vector<double>& v, at::ScalarType st) {
@@ -1152,6 +1115,15 @@ at::Tensor grad_like(const std::vector<double>& v, const at::Tensor& like) {
   return t.to(like.scalar_type());
 }
 
+// The checks both entry points run (csrc/fusion_block_params.h, then the CPU dtype envelope for
+// feat, which sets the type the kernels run in); returns the call's shape.
+Shape check_inputs(const char* op, const at::Tensor& feat, const at::Tensor& image, const FusionBlockParams& params,
+                   bool training) {
+  const FusionBlockDims d = check_fusion_block_params(op, feat, image, params, training);
+  check_cpu_dtype(op, "feat", feat);
+  return make_shape(d);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fusion_block_fwd_cpu(
@@ -1161,17 +1133,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& conv2_weight, const at::Tensor& conv2_bias, const at::Tensor& bn2_weight,
     const at::Tensor& bn2_bias, const at::Tensor& bn2_running_mean, const at::Tensor& bn2_running_var,
     const at::Tensor& conv3_weight, const at::Tensor& conv3_bias, bool training, double eps) {
-  const at::ScalarType ct = compute_type(feat, "fusion_block_fwd");
-  const auto shapes = check_shapes(feat, image, map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias,
-                                   bn1_running_mean, bn1_running_var, conv2_weight, conv2_bias, bn2_weight, bn2_bias,
-                                   bn2_running_mean, bn2_running_var, conv3_weight, conv3_bias);
+  const FusionBlockParams params{map_weight,   map_bias,         conv1_weight,    conv1_bias,      bn1_weight,
+                                 bn1_bias,     bn1_running_mean, bn1_running_var, conv2_weight,    conv2_bias,
+                                 bn2_weight,   bn2_bias,         bn2_running_mean, bn2_running_var, conv3_weight,
+                                 conv3_bias,   BnStats::kRunning};
+  const Shape s = check_inputs("fusion_block_fwd", feat, image, params, training);
+  const at::ScalarType ct = accumulate_dtype(feat.scalar_type());
   const at::Tensor f = feat.to(ct).contiguous();
   const at::Tensor img = image.to(ct).contiguous();
-  const Shape s = make_shape(f, img, shapes.first, shapes.second);
   // In eval p.mean* / p.var* stay the running statistics and are returned as copies.
-  Params p = host_params(map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias, bn1_running_mean,
-                         bn1_running_var, conv2_weight, conv2_bias, bn2_weight, bn2_bias, bn2_running_mean,
-                         bn2_running_var, conv3_weight, conv3_bias);
+  HostParams p = host_params(params);
 
   const auto opt = f.options();
   at::Tensor out = at::empty({s.B, 3, s.h, s.w}, opt);
@@ -1199,26 +1170,22 @@ fusion_block_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& grad_alpha, c
                      const at::Tensor& bn2_weight, const at::Tensor& bn2_bias, const at::Tensor& bn2_mean,
                      const at::Tensor& bn2_var, const at::Tensor& conv3_weight, const at::Tensor& conv3_bias,
                      bool training, double eps) {
-  const at::ScalarType ct = compute_type(feat, "fusion_block_bwd");
-  const auto shapes = check_shapes(feat, image, map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias,
-                                   bn1_mean, bn1_var, conv2_weight, conv2_bias, bn2_weight, bn2_bias, bn2_mean,
-                                   bn2_var, conv3_weight, conv3_bias);
+  const char* op = "fusion_block_bwd";
+  const FusionBlockParams params{map_weight, map_bias,   conv1_weight, conv1_bias, bn1_weight,   bn1_bias,
+                                 bn1_mean,   bn1_var,    conv2_weight, conv2_bias, bn2_weight,   bn2_bias,
+                                 bn2_mean,   bn2_var,    conv3_weight, conv3_bias, BnStats::kFromForward};
+  const Shape s = check_inputs(op, feat, image, params, training);
+  const at::ScalarType ct = accumulate_dtype(feat.scalar_type());
   const at::Tensor f = feat.to(ct).contiguous();
   const at::Tensor img = image.to(ct).contiguous();
-  const Shape s = make_shape(f, img, shapes.first, shapes.second);
-  // A gradient autograd did not materialise may arrive undefined or as (0,): it is zero.
-  auto prep_grad = [&](const at::Tensor& g, int64_t C, const char* name) {
-    if (!g.defined() || g.numel() == 0) return at::zeros({s.B, C, s.h, s.w}, f.options());
-    TORCH_CHECK(g.dim() == 4 && g.size(0) == s.B && g.size(1) == C && g.size(2) == s.h && g.size(3) == s.w,
-                "fusion_block_bwd: ", name, " has the wrong shape");
+  auto prep_grad = [&](const at::Tensor& g, int64_t C, const char* name, const char* layout) {
+    if (!check_fusion_block_grad(op, name, g, s, C, layout)) return at::zeros({s.B, C, s.h, s.w}, f.options());
     return g.to(ct).contiguous();
   };
-  const at::Tensor gout = prep_grad(grad_out, 3, "grad_out");
-  const at::Tensor galpha = prep_grad(grad_alpha, s.A, "grad_alpha");
-  const at::Tensor graw = prep_grad(grad_raw, 3, "grad_raw");
-  const Params p = host_params(map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias, bn1_mean, bn1_var,
-                               conv2_weight, conv2_bias, bn2_weight, bn2_bias, bn2_mean, bn2_var, conv3_weight,
-                               conv3_bias);
+  const at::Tensor gout = prep_grad(grad_out, 3, "grad_out", "(B, 3, h, w)");
+  const at::Tensor galpha = prep_grad(grad_alpha, s.A, "grad_alpha", "(B, A, h, w)");
+  const at::Tensor graw = prep_grad(grad_raw, 3, "grad_raw", "(B, 3, h, w)");
+  const HostParams p = host_params(params);
 
   at::Tensor gfeat = at::empty({s.B, s.c, s.h, s.w}, f.options());
   at::Tensor gxk = at::empty({s.B, 3, s.h, s.w}, f.options().dtype(at::kDouble));
@@ -1251,4 +1218,5 @@ TORCH_LIBRARY_IMPL(inpaint_fast, CPU, m) {
   m.impl("fusion_block_bwd", &fusion_block_bwd_cpu);
 }
 
+}  // namespace cpu
 }  // namespace inpaint_fast

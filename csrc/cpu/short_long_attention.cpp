@@ -11,8 +11,9 @@
 // is therefore O(threads * rows * N) for the strips plus O(threads * N * (Cq + Ctot)) for the
 // backward accumulators, instead of the O(N^2) of the reference.
 //
-// All arithmetic runs in float32 for float32/bfloat16/half inputs and in float64 for float64
-// inputs: reduced-precision inputs are converted once at entry and the results converted back.
+// All arithmetic runs in accumulate_dtype (csrc/dtypes.h): float32 for float32 and bfloat16 inputs,
+// float64 for float64 inputs. bfloat16 inputs are converted once at entry and the results
+// converted back.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,8 +23,12 @@
 #include <optional>
 #include <tuple>
 
-namespace inpaint_fast {
+#include "../dtypes.h"
+#include "../short_long_attention_inputs.h"
+#include "common.h"
 
+namespace inpaint_fast {
+namespace cpu {
 namespace {
 
 // Query rows per strip. The GEMMs are what the kernel spends its time in (about 90% of it at
@@ -37,59 +42,17 @@ constexpr int64_t kMinBlockRows = 16;
 constexpr double kLog2e = 1.4426950408889634074;  // log2(e)
 constexpr double kLn2 = 0.69314718055994530942;    // ln(2)
 
-// The dtype all arithmetic runs in: float64 stays float64, everything else goes to float32.
-at::ScalarType compute_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_supported_dtype(const at::Tensor& t, const char* name) {
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf,
-              "short_long_attention (CPU): ", name, " has dtype ", st,
-              ", but only float32, float64, bfloat16 and float16 are supported");
-}
-
-// Shapes shared by the forward and the backward, checked once.
-struct Geometry {
-  int64_t B, Cq, C, Cp, H, W, N;
-  bool has_pre;
-};
-
-Geometry check_inputs(const at::Tensor& q, const at::Tensor& x, const at::Tensor& gamma,
-                      const std::optional<at::Tensor>& pre, const std::optional<at::Tensor>& mask,
-                      const std::optional<at::Tensor>& alpha) {
-  TORCH_CHECK(q.dim() == 4, "short_long_attention: q must be (B, Cq, H, W), got ", q.sizes());
-  TORCH_CHECK(x.dim() == 4, "short_long_attention: x must be (B, C, H, W), got ", x.sizes());
-  TORCH_CHECK(q.size(0) == x.size(0) && q.size(2) == x.size(2) && q.size(3) == x.size(3),
-              "short_long_attention: q ", q.sizes(), " and x ", x.sizes(),
-              " must agree in batch, height and width");
-  TORCH_CHECK(q.size(1) >= 1, "short_long_attention: q needs at least one channel");
-  TORCH_CHECK(gamma.numel() == 1, "short_long_attention: gamma must have one element, got ",
-              gamma.numel());
-  check_supported_dtype(q, "q");
-  check_supported_dtype(x, "x");
-
-  const bool has_pre = pre.has_value() && pre->defined();
-  const bool has_mask = mask.has_value() && mask->defined();
-  const bool has_alpha = alpha.has_value() && alpha->defined();
-  TORCH_CHECK(has_pre == has_mask && has_pre == has_alpha,
-              "short_long_attention: pre, mask and alpha must be given together or not at all");
-
-  Geometry g{x.size(0), q.size(1), x.size(1), 0, x.size(2), x.size(3), x.size(2) * x.size(3),
-             has_pre};
-  if (has_pre) {
-    TORCH_CHECK(pre->dim() == 4 && pre->size(0) == g.B && pre->size(2) == g.H &&
-                    pre->size(3) == g.W,
-                "short_long_attention: pre must be (B, Cp, H, W) matching x ", x.sizes(), ", got ",
-                pre->sizes());
-    TORCH_CHECK(mask->dim() == 4 && mask->size(0) == g.B && mask->size(1) == 1 &&
-                    mask->size(2) == g.H && mask->size(3) == g.W,
-                "short_long_attention: mask must be (B, 1, H, W), got ", mask->sizes());
-    TORCH_CHECK(alpha->numel() == 1, "short_long_attention: alpha must have one element, got ",
-                alpha->numel());
-    check_supported_dtype(*pre, "pre");
-    check_supported_dtype(*mask, "mask");
-    g.Cp = pre->size(1);
+// The structural checks (csrc/short_long_attention_inputs.h), then the CPU dtype envelope for the
+// tensors the kernels read.
+AttentionGeometry check_inputs(const char* op, const at::Tensor& q, const at::Tensor& x, const at::Tensor& gamma,
+                               const std::optional<at::Tensor>& pre, const std::optional<at::Tensor>& mask,
+                               const std::optional<at::Tensor>& alpha) {
+  const AttentionGeometry g = check_short_long_attention_inputs(op, q, x, gamma, pre, mask, alpha);
+  check_cpu_dtype(op, "q", q);
+  check_cpu_dtype(op, "x", x);
+  if (g.has_pre) {
+    check_cpu_dtype(op, "pre", *pre);
+    check_cpu_dtype(op, "mask", *mask);
   }
   return g;
 }
@@ -136,10 +99,10 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
                              const std::optional<at::Tensor>& pre,
                              const std::optional<at::Tensor>& mask,
                              const std::optional<at::Tensor>& alpha, double scale) {
-  const Geometry g = check_inputs(q, x, gamma, pre, mask, alpha);
+  const AttentionGeometry g = check_inputs("short_long_attention_fwd", q, x, gamma, pre, mask, alpha);
   const int64_t B = g.B, C = g.C, Cp = g.Cp, H = g.H, W = g.W, N = g.N;
   const int64_t Ctot = C + Cp;
-  const auto acc = compute_dtype(x.scalar_type());
+  const auto acc = accumulate_dtype(x.scalar_type());
   const auto opts = x.options().dtype(acc);
 
   // q serves as query and key: one flattened copy feeds both sides of the score GEMM.
@@ -237,23 +200,12 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
                              const std::optional<at::Tensor>& mask,
                              const std::optional<at::Tensor>& alpha, const at::Tensor& sa,
                              const at::Tensor& ca, const at::Tensor& lse, double scale) {
-  const Geometry g = check_inputs(q, x, gamma, pre, mask, alpha);
+  const char* op = "short_long_attention_bwd";
+  const AttentionGeometry g = check_inputs(op, q, x, gamma, pre, mask, alpha);
+  const bool has_grad_cf = check_short_long_attention_bwd_inputs(op, g, grad_y, grad_cf, x, pre, sa, ca, lse);
   const int64_t B = g.B, Cq = g.Cq, C = g.C, Cp = g.Cp, H = g.H, W = g.W, N = g.N;
   const int64_t Ctot = C + Cp;
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "short_long_attention_bwd: grad_y ", grad_y.sizes(),
-              " must have the shape of x ", x.sizes());
-  TORCH_CHECK(sa.sizes() == x.sizes(), "short_long_attention_bwd: sa ", sa.sizes(),
-              " must have the shape of x ", x.sizes());
-  TORCH_CHECK(lse.numel() == B * N, "short_long_attention_bwd: lse must be (B, H, W), got ",
-              lse.sizes());
-  if (g.has_pre) {
-    TORCH_CHECK(ca.sizes() == pre->sizes(), "short_long_attention_bwd: ca ", ca.sizes(),
-                " must have the shape of pre ", pre->sizes());
-    TORCH_CHECK(grad_cf.numel() == 0 || grad_cf.sizes() == pre->sizes(),
-                "short_long_attention_bwd: grad_cf ", grad_cf.sizes(),
-                " must have the shape of pre ", pre->sizes());
-  }
-  const auto acc = compute_dtype(x.scalar_type());
+  const auto acc = accumulate_dtype(x.scalar_type());
   const auto opts = x.options().dtype(acc);
   const double gam = gamma.item<double>();
 
@@ -273,7 +225,7 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
     pf = flat(*pre, acc);
     caf = flat(ca, acc);
     m = flat(*mask, acc);
-    dcf = grad_cf.numel() == 0 ? at::zeros({B, Cp, N}, opts) : flat(grad_cf, acc);
+    dcf = has_grad_cf ? flat(grad_cf, acc) : at::zeros({B, Cp, N}, opts);
     V = at::cat({xf, pf}, 1);  // (B, Ctot, N)
     dA = at::empty({B, Ctot, N}, opts);
     at::Tensor dA1 = dA.narrow(1, 0, C);
@@ -420,4 +372,5 @@ TORCH_LIBRARY_IMPL(inpaint_fast, CPU, m) {
   m.impl("short_long_attention_bwd", &short_long_attention_bwd_cpu);
 }
 
+}  // namespace cpu
 }  // namespace inpaint_fast

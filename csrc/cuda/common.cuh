@@ -1,5 +1,6 @@
-// Helpers shared by the CUDA kernels of inpaint_fast (csrc/cuda/*.cu): input checks, the current
-// stream, float conversions of the storage dtypes, and small device utilities.
+// Helpers shared by the CUDA kernels of inpaint_fast (csrc/cuda/*.cu): the CUDA-specific input checks
+// (the device-independent ones are csrc/checks.h's), the current stream, float conversions of the
+// storage dtypes, and small device utilities.
 //
 // Headers: only c10/cuda (stream, guard, launch checks) and ATen core are used, never
 // ATen/cuda/CUDAContext.h. The latter pulls in cuBLAS/cuSPARSE headers that a bare CUDA toolkit
@@ -16,33 +17,51 @@
 
 #include <cstdint>
 
+#include "../checks.h"
+
 namespace inpaint_fast {
 namespace cuda {
 
 // ---- host-side checks ----------------------------------------------------------------------------
+// The CUDA-specific ones, on top of the device-independent checks of csrc/checks.h.
 
-// `t` is a CUDA tensor on `device` with dtype float32, float16 or bfloat16; `name` is the
-// argument's name in the op schema, so the message says which input is wrong.
-inline void check_cuda_float(const at::Tensor& t, const char* op, const char* name, const at::Device& device) {
-  TORCH_CHECK(t.defined(), op, ": `", name, "` is undefined");
-  TORCH_CHECK(t.is_cuda(), op, " (CUDA): `", name, "` must be a CUDA tensor, got device ", t.device());
-  TORCH_CHECK(t.device() == device, op, " (CUDA): `", name, "` is on ", t.device(), " but the other inputs are on ",
-              device);
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, op, " (CUDA): `", name, "` has dtype ", st,
-              "; the CUDA kernels support float32, float16 and bfloat16 (float64: use backend='cpu' or 'reference')");
+// `t` is on `device`, the device of the call's other inputs.
+inline void check_device(const char* op, const char* name, const at::Tensor& t, const at::Device& device) {
+  TORCH_CHECK(t.device() == device, op, ": `", name, "` is on ", t.device(), " but the other inputs are on ", device,
+              "; all inputs must be on one device");
 }
 
-inline void check_same_dtype(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name,
-                             const char* like_name) {
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, " (CUDA): `", name, "` has dtype ", t.scalar_type(),
-              " but `", like_name, "` has dtype ", like.scalar_type(), "; they must match");
+// The CUDA kernels' dtype envelope: float32, float16 and bfloat16 (inpaint_fast/ops/_registration.py's
+// CUDA_KERNEL_DTYPES).
+inline void check_cuda_dtype(const char* op, const char* name, const at::Tensor& t) {
+  const at::ScalarType st = t.scalar_type();
+  check_dtype(op, name, t, st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
+              "the CUDA kernels support float32, float16 and bfloat16 (float64: use backend='cpu' or 'reference')");
+}
+
+// `t`, an input the kernels read, is a defined CUDA tensor on `device` in the dtype envelope; `name`
+// is the argument's name in the op schema, so the message says which input is wrong.
+inline void check_cuda_float(const char* op, const char* name, const at::Tensor& t, const at::Device& device) {
+  check_defined(op, name, t);
+  TORCH_CHECK(t.is_cuda(), op, ": `", name, "` must be a CUDA tensor, got one on ", t.device());
+  check_device(op, name, t, device);
+  check_cuda_dtype(op, name, t);
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Largest grid.y / grid.z extent (the x extent is 2^31 - 1).
 constexpr int64_t kMaxGridYZ = 65535;
+// Largest size the kernels index with int (positions, channels, rows): element offsets are int64,
+// and the margin below 2^31 keeps sums of such indices from overflowing.
+constexpr int64_t kMaxIndexSize = (int64_t{1} << 30) - 1;
+
+// A launch limit: `what` (e.g. "the batch size B") is `value`, at most `limit`, which `limit_name`
+// names (e.g. "the CUDA grid's y extent").
+inline void check_launch_limit(const char* op, const char* what, int64_t value, int64_t limit,
+                               const char* limit_name) {
+  TORCH_CHECK(value <= limit, op, ": ", what, " must be at most ", limit, " (", limit_name, "), got ", value);
+}
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
@@ -96,7 +115,7 @@ inline void dispatch_float_types(at::ScalarType st, const char* op, Body&& body)
       body(__nv_bfloat16{});
       break;
     default:
-      TORCH_CHECK(false, op, " (CUDA): unsupported dtype ", st);
+      TORCH_CHECK(false, op, ": unsupported dtype ", dtype_name(st));
   }
 }
 

@@ -1,5 +1,5 @@
 // CUDA kernels of DFNet's fusion block: inpaint_fast::fusion_block_fwd / _bwd for CUDA tensors
-// (schemas in csrc/ops.cpp; the contract is the CPU kernel's, csrc/cpu/fusion_block.cpp).
+// (schemas in inpaint_fast/ops/schemas.inc; the contract is the CPU kernel's, csrc/cpu/fusion_block.cpp).
 //
 // Per pixel of the (h, w) grid, with in = [Xk, R] the 6 inputs of the blend block:
 //   Xk = bilinear(image -> h x w, align_corners=False)      R = sigmoid(Wm F + bm)
@@ -36,7 +36,10 @@
 #include <algorithm>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 
+#include "../dtypes.h"
+#include "../fusion_block_params.h"
 #include "common.cuh"
 
 namespace inpaint_fast {
@@ -636,76 +639,34 @@ void dispatch_alpha_channels(int64_t A, Body&& body) {
 }
 
 // Sizes of one call, and the grids every pass uses.
-struct Dims {
-  int64_t B, c, h, w, H, W, Cm, A;
+struct Dims : FusionBlockDims {
   double M;  // B * h * w, the number of values each BN statistic averages
   float scale_y, scale_x;
   dim3 tile_grid, pix_grid;
 };
 
-// The 16 parameter tensors in schema order (running stats in the forward, the statistics the
-// forward normalised with in the backward).
-struct Params {
-  const at::Tensor &map_weight, &map_bias, &conv1_weight, &conv1_bias, &bn1_weight, &bn1_bias, &bn1_mean, &bn1_var,
-      &conv2_weight, &conv2_bias, &bn2_weight, &bn2_bias, &bn2_mean, &bn2_var, &conv3_weight, &conv3_bias;
-};
-
-Dims check_inputs(const char* op, const at::Tensor& feat, const at::Tensor& image, const Params& p, bool training) {
-  TORCH_CHECK(feat.dim() == 4, op, ": `feat` must be (B, c, h, w), got ", feat.sizes());
-  TORCH_CHECK(image.dim() == 4 && image.size(0) == feat.size(0) && image.size(1) == 3, op,
-              ": `image` must be (B, 3, H, W) with the batch of `feat` ", feat.sizes(), ", got ", image.sizes());
+// The structural checks shared with the CPU kernels (csrc/fusion_block_params.h), then the CUDA
+// ones: feat and image CUDA tensors of one dtype in the envelope, every parameter on their device,
+// and the sizes within the launch limits.
+Dims check_inputs(const char* op, const at::Tensor& feat, const at::Tensor& image, const FusionBlockParams& p,
+                  bool training) {
+  const FusionBlockDims sizes = check_fusion_block_params(op, feat, image, p, training);
   const at::Device dev = feat.device();
-  check_cuda_float(feat, op, "feat", dev);
-  check_cuda_float(image, op, "image", dev);
-  check_same_dtype(image, feat, op, "image", "feat");
+  check_cuda_float(op, "feat", feat, dev);
+  check_cuda_float(op, "image", image, dev);
+  check_same_dtype(op, "image", image, "feat", feat);
+  p.for_each(sizes, [&](const char* name, const at::Tensor& t, int64_t, const char*) {
+    check_device(op, name, t, dev);
+  });
   Dims d{};
-  d.B = feat.size(0);
-  d.c = feat.size(1);
-  d.h = feat.size(2);
-  d.w = feat.size(3);
-  d.H = image.size(2);
-  d.W = image.size(3);
-  TORCH_CHECK(d.B > 0 && d.c > 0 && d.h > 0 && d.w > 0 && d.H > 0 && d.W > 0, op, ": empty input: feat ",
-              feat.sizes(), ", image ", image.sizes());
-  TORCH_CHECK(p.conv1_weight.dim() == 4 && p.conv1_weight.size(1) == 6 && p.conv1_weight.size(2) == 1 &&
-                  p.conv1_weight.size(3) == 1,
-              op, ": `conv1_weight` must be (Cm, 6, 1, 1), got ", p.conv1_weight.sizes());
-  d.Cm = p.conv1_weight.size(0);
-  TORCH_CHECK(p.conv3_weight.dim() == 4 && (p.conv3_weight.size(0) == 1 || p.conv3_weight.size(0) == 3), op,
-              ": `conv3_weight` must be (A, A, 1, 1) with A in (1, 3), got ", p.conv3_weight.sizes());
-  d.A = p.conv3_weight.size(0);
-  TORCH_CHECK(p.conv2_weight.dim() == 4 && p.conv2_weight.size(2) == 3 && p.conv2_weight.size(3) == 3, op,
-              ": `conv2_weight` must be (A, Cm, 3, 3), got ", p.conv2_weight.sizes());
-  struct Expect {
-    const at::Tensor& t;
-    const char* name;
-    int64_t numel;
-  };
-  const int64_t c = d.c, Cm = d.Cm, A = d.A;
-  const Expect expect[] = {
-      {p.map_weight, "map_weight", 3 * c},      {p.map_bias, "map_bias", 3},
-      {p.conv1_weight, "conv1_weight", Cm * 6}, {p.conv1_bias, "conv1_bias", Cm},
-      {p.bn1_weight, "bn1_weight", Cm},         {p.bn1_bias, "bn1_bias", Cm},
-      {p.bn1_mean, "bn1 mean", Cm},             {p.bn1_var, "bn1 var", Cm},
-      {p.conv2_weight, "conv2_weight", A * Cm * 9}, {p.conv2_bias, "conv2_bias", A},
-      {p.bn2_weight, "bn2_weight", A},          {p.bn2_bias, "bn2_bias", A},
-      {p.bn2_mean, "bn2 mean", A},              {p.bn2_var, "bn2 var", A},
-      {p.conv3_weight, "conv3_weight", A * A},  {p.conv3_bias, "conv3_bias", A},
-  };
-  for (const Expect& e : expect) {
-    TORCH_CHECK(e.t.numel() == e.numel, op, ": `", e.name, "` must have ", e.numel, " elements, got shape ",
-                e.t.sizes());
-    TORCH_CHECK(e.t.device() == dev, op, ": `", e.name, "` is on ", e.t.device(), ", expected ", dev);
-    TORCH_CHECK(e.t.is_floating_point(), op, ": `", e.name, "` must be floating point, got ", e.t.scalar_type());
-  }
-  TORCH_CHECK(!training || d.B * d.h * d.w >= 2, op, ": training-mode BatchNorm needs B*h*w >= 2, got ",
-              d.B * d.h * d.w);
+  static_cast<FusionBlockDims&>(d) = sizes;
   const int64_t nty = ceil_div(d.h, kTileH);
-  TORCH_CHECK(nty <= kMaxGridYZ && d.B <= kMaxGridYZ, op, ": input too large for the CUDA grid (h = ", d.h,
-              ", B = ", d.B, ")");
-  TORCH_CHECK(d.c < (int64_t{1} << 30) && d.h < (int64_t{1} << 30) && d.w < (int64_t{1} << 30) &&
-                  d.H < (int64_t{1} << 30) && d.W < (int64_t{1} << 30),
-              op, ": input too large");
+  check_launch_limit(op, "the number of tile rows", nty, kMaxGridYZ, "the CUDA grid's y extent");
+  check_launch_limit(op, "the batch size B", d.B, kMaxGridYZ, "the CUDA grid's z extent");
+  const std::pair<const char*, int64_t> indexed[] = {{"c", d.c}, {"h", d.h}, {"w", d.w}, {"H", d.H}, {"W", d.W}};
+  for (const auto& [what, value] : indexed) {
+    check_launch_limit(op, what, value, kMaxIndexSize, "the kernels' int indices");
+  }
   d.M = static_cast<double>(d.B * d.h * d.w);
   // PyTorch's bilinear scale for an output size without scale_factor: in / out.
   d.scale_y = static_cast<float>(static_cast<double>(d.H) / static_cast<double>(d.h));
@@ -757,8 +718,8 @@ at::Tensor launch_z2(const char* op, const Dims& d, at::ScalarType st, const at:
 
 // BN1 folded into conv1 for the given statistics (double math, float32 results):
 // W1f = s1 W1, b1f = s1 (b1 - mean1) + beta1, s1 = gamma1 / sqrt(var1 + eps). Returns s1 (double).
-at::Tensor fold_bn1(const Dims& d, const Params& p, const at::Tensor& mean1, const at::Tensor& var1, double eps,
-                    at::Tensor& W1f, at::Tensor& b1f) {
+at::Tensor fold_bn1(const Dims& d, const FusionBlockParams& p, const at::Tensor& mean1, const at::Tensor& var1,
+                    double eps, at::Tensor& W1f, at::Tensor& b1f) {
   const at::Tensor W1d = f64(p.conv1_weight).reshape({d.Cm, 6});
   const at::Tensor s1 = f64(p.bn1_weight) / (f64(var1) + eps).sqrt();
   W1f = (W1d * s1.unsqueeze(1)).to(at::kFloat).contiguous();
@@ -781,9 +742,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& bn2_bias, const at::Tensor& bn2_running_mean, const at::Tensor& bn2_running_var,
     const at::Tensor& conv3_weight, const at::Tensor& conv3_bias, bool training, double eps) {
   const char* op = "fusion_block_fwd (CUDA)";
-  const Params p{map_weight, map_bias,       conv1_weight,      conv1_bias, bn1_weight, bn1_bias,
-                 bn1_running_mean, bn1_running_var, conv2_weight, conv2_bias, bn2_weight, bn2_bias,
-                 bn2_running_mean, bn2_running_var, conv3_weight, conv3_bias};
+  const FusionBlockParams p{map_weight,   map_bias,         conv1_weight,    conv1_bias,       bn1_weight,
+                            bn1_bias,     bn1_running_mean, bn1_running_var, conv2_weight,     conv2_bias,
+                            bn2_weight,   bn2_bias,         bn2_running_mean, bn2_running_var, conv3_weight,
+                            conv3_bias,   BnStats::kRunning};
   const Dims d = check_inputs(op, feat_in, image_in, p, training);
   const c10::cuda::CUDAGuard guard(feat_in.device());
   const at::Tensor feat = feat_in.contiguous();
@@ -800,15 +762,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor W2d = f64(conv2_weight).reshape({A, d.Cm * 9});
   const at::Tensor b2d = f64(conv2_bias), g2d = f64(bn2_weight), be2d = f64(bn2_bias);
 
-  // The statistics BN normalises with, as float32 device tensors (the returned dtype).
+  // The statistics BN normalises with, as device tensors of the returned dtype (float32 for every
+  // dtype the CUDA kernels take).
+  const at::ScalarType stat = accumulate_dtype(st);
   at::Tensor mean1, var1, mean2, var2, W1f, b1f;
 
   if (!training) {
     // Eval: running statistics, returned as fresh copies; BN1 and BN2 folded into conv1 / conv2.
-    mean1 = bn1_running_mean.reshape({-1}).to(at::kFloat, false, /*copy=*/true);
-    var1 = bn1_running_var.reshape({-1}).to(at::kFloat, false, /*copy=*/true);
-    mean2 = bn2_running_mean.reshape({-1}).to(at::kFloat, false, /*copy=*/true);
-    var2 = bn2_running_var.reshape({-1}).to(at::kFloat, false, /*copy=*/true);
+    mean1 = bn1_running_mean.reshape({-1}).to(stat, false, /*copy=*/true);
+    var1 = bn1_running_var.reshape({-1}).to(stat, false, /*copy=*/true);
+    mean2 = bn2_running_mean.reshape({-1}).to(stat, false, /*copy=*/true);
+    var2 = bn2_running_var.reshape({-1}).to(stat, false, /*copy=*/true);
     fold_bn1(d, p, bn1_running_mean, bn1_running_var, eps, W1f, b1f);
     const at::Tensor s2 = g2d / (f64(bn2_running_var) + eps).sqrt();
     const at::Tensor W2f = (W2d * s2.unsqueeze(1)).to(at::kFloat).contiguous();
@@ -845,9 +809,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor W1d = f64(conv1_weight).reshape({d.Cm, 6});
     const at::Tensor m1 = at::mv(W1d, mu) + f64(conv1_bias);
     const at::Tensor v1 = (at::mm(W1d, cov) * W1d).sum(1).clamp_min(0.0);
-    // Normalise with exactly what is returned (float32), as the CPU kernel does.
-    mean1 = m1.to(at::kFloat);
-    var1 = v1.to(at::kFloat);
+    // Normalise with exactly what is returned, as the CPU kernel does.
+    mean1 = m1.to(stat);
+    var1 = v1.to(stat);
   }
   fold_bn1(d, p, mean1, var1, eps, W1f, b1f);
 
@@ -861,8 +825,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor zs = launch_z2(op, d, st, xr, prm, z2, stream).sum(0);
   const at::Tensor m2 = zs.narrow(0, 0, A) / d.M;
   const at::Tensor v2 = (zs.narrow(0, A, A) / d.M - m2 * m2).clamp_min(0.0);
-  mean2 = m2.to(at::kFloat);
-  var2 = v2.to(at::kFloat);
+  mean2 = m2.to(stat);
+  var2 = v2.to(stat);
   // BN2 as an affine map of z2: n * gamma2 + beta2 = z2 s2 + t2.
   const at::Tensor s2d = g2d / (var2.to(at::kDouble) + eps).sqrt();
   const at::Tensor s2 = s2d.to(at::kFloat).contiguous();
@@ -895,8 +859,9 @@ fusion_block_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& grad_alpha, 
                       const at::Tensor& bn2_var, const at::Tensor& conv3_weight, const at::Tensor& conv3_bias,
                       bool training, double eps) {
   const char* op = "fusion_block_bwd (CUDA)";
-  const Params p{map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight,   bn1_bias,   bn1_mean,    bn1_var,
-                 conv2_weight, conv2_bias, bn2_weight, bn2_bias, bn2_mean, bn2_var, conv3_weight, conv3_bias};
+  const FusionBlockParams p{map_weight, map_bias,   conv1_weight, conv1_bias, bn1_weight,   bn1_bias,
+                            bn1_mean,   bn1_var,    conv2_weight, conv2_bias, bn2_weight,   bn2_bias,
+                            bn2_mean,   bn2_var,    conv3_weight, conv3_bias, BnStats::kFromForward};
   const Dims d = check_inputs(op, feat_in, image_in, p, training);
   const at::Device dev = feat_in.device();
   const c10::cuda::CUDAGuard guard(dev);
@@ -910,16 +875,14 @@ fusion_block_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& grad_alpha, 
   const double M = d.M;
 
   // A gradient autograd did not materialise may arrive undefined or as (0,): it is zero.
-  auto prep_grad = [&](const at::Tensor& g, int64_t C, const char* name) {
-    if (!g.defined() || g.numel() == 0) return at::zeros({B, C, h, w}, feat.options());
-    check_cuda_float(g, op, name, dev);
-    TORCH_CHECK(g.dim() == 4 && g.size(0) == B && g.size(1) == C && g.size(2) == h && g.size(3) == w, op, ": `",
-                name, "` must be (", B, ", ", C, ", ", h, ", ", w, "), got ", g.sizes());
+  auto prep_grad = [&](const at::Tensor& g, int64_t C, const char* name, const char* layout) {
+    if (!check_fusion_block_grad(op, name, g, d, C, layout)) return at::zeros({B, C, h, w}, feat.options());
+    check_cuda_float(op, name, g, dev);
     return g.to(st).contiguous();
   };
-  const at::Tensor gout = prep_grad(grad_out, 3, "grad_out");
-  const at::Tensor galpha = prep_grad(grad_alpha, A, "grad_alpha");
-  const at::Tensor graw = prep_grad(grad_raw, 3, "grad_raw");
+  const at::Tensor gout = prep_grad(grad_out, 3, "grad_out", "(B, 3, h, w)");
+  const at::Tensor galpha = prep_grad(grad_alpha, A, "grad_alpha", "(B, A, h, w)");
+  const at::Tensor graw = prep_grad(grad_raw, 3, "grad_raw", "(B, 3, h, w)");
 
   const at::Tensor Wm = f32(map_weight), bm = f32(map_bias), W3 = f32(conv3_weight), b3 = f32(conv3_bias);
   const at::Tensor W1d = f64(conv1_weight).reshape({Cm, 6});

@@ -1,5 +1,5 @@
 // CUDA kernels of the short+long-range attention (PIC's Auto_Attn core), docs/short_long_attention.md:
-// inpaint_fast::short_long_attention_fwd / _bwd for CUDA tensors (schemas in csrc/ops.cpp; the
+// inpaint_fast::short_long_attention_fwd / _bwd for CUDA tensors (schemas in inpaint_fast/ops/schemas.inc; the
 // contract is the CPU kernel's, csrc/cpu/short_long_attention.cpp).
 //
 // Notation: N = H*W positions (row-major), E = scale * q^T q, P = softmax over keys of E,
@@ -54,6 +54,8 @@
 #include <tuple>
 #include <type_traits>
 
+#include "../dtypes.h"
+#include "../short_long_attention_inputs.h"
 #include "common.cuh"
 
 namespace inpaint_fast {
@@ -887,49 +889,30 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkv_kernel(
 
 // ---- launchers -----------------------------------------------------------------------------------------
 
-struct Geometry {
-  int64_t B, Cq, C, Cp, H, W, N;
-  bool has_pre;
-};
-
-Geometry check_inputs(const char* op, const at::Tensor& q, const at::Tensor& x, const at::Tensor& gamma,
-                      const std::optional<at::Tensor>& pre, const std::optional<at::Tensor>& mask,
-                      const std::optional<at::Tensor>& alpha) {
-  TORCH_CHECK(x.dim() == 4, op, ": `x` must be (B, C, H, W), got ", x.sizes());
-  TORCH_CHECK(q.dim() == 4, op, ": `q` must be (B, Cq, H, W), got ", q.sizes());
+// The structural checks shared with the CPU kernels (csrc/short_long_attention_inputs.h), then the
+// CUDA ones: q, x and pre CUDA tensors of one dtype in the envelope, each with a channel, the mask
+// floating, every input on x's device, and the sizes within the launch limits.
+AttentionGeometry check_inputs(const char* op, const at::Tensor& q, const at::Tensor& x, const at::Tensor& gamma,
+                               const std::optional<at::Tensor>& pre, const std::optional<at::Tensor>& mask,
+                               const std::optional<at::Tensor>& alpha) {
+  const AttentionGeometry g = check_short_long_attention_inputs(op, q, x, gamma, pre, mask, alpha);
   const at::Device dev = x.device();
-  check_cuda_float(x, op, "x", dev);
-  check_cuda_float(q, op, "q", dev);
-  check_same_dtype(q, x, op, "q", "x");
-  TORCH_CHECK(q.size(0) == x.size(0) && q.size(2) == x.size(2) && q.size(3) == x.size(3), op, ": `q` ", q.sizes(),
-              " and `x` ", x.sizes(), " must agree in batch, height and width");
-  TORCH_CHECK(q.size(1) >= 1 && x.size(1) >= 1, op, ": `q` and `x` need at least one channel");
-  TORCH_CHECK(gamma.numel() == 1, op, ": `gamma` must have one element, got shape ", gamma.sizes());
-  TORCH_CHECK(gamma.device() == dev, op, ": `gamma` is on ", gamma.device(), ", expected ", dev);
-  const bool has_pre = pre.has_value() && pre->defined();
-  const bool has_mask = mask.has_value() && mask->defined();
-  const bool has_alpha = alpha.has_value() && alpha->defined();
-  TORCH_CHECK(has_pre == has_mask && has_pre == has_alpha, op,
-              ": `pre`, `mask` and `alpha` must be given together or not at all");
-  Geometry g{x.size(0), q.size(1), x.size(1), 0, x.size(2), x.size(3), x.size(2) * x.size(3), has_pre};
-  if (has_pre) {
-    check_cuda_float(*pre, op, "pre", dev);
-    check_same_dtype(*pre, x, op, "pre", "x");
-    TORCH_CHECK(pre->dim() == 4 && pre->size(0) == g.B && pre->size(2) == g.H && pre->size(3) == g.W && pre->size(1) >= 1,
-                op, ": `pre` must be (B, Cp, H, W) matching `x` ", x.sizes(), ", got ", pre->sizes());
-    TORCH_CHECK(mask->dim() == 4 && mask->size(0) == g.B && mask->size(1) == 1 && mask->size(2) == g.H &&
-                    mask->size(3) == g.W,
-                op, ": `mask` must be (B, 1, H, W), got ", mask->sizes());
-    TORCH_CHECK(mask->is_floating_point() && mask->device() == dev, op, ": `mask` must be a floating tensor on ", dev,
-                ", got ", mask->scalar_type(), " on ", mask->device());
-    TORCH_CHECK(alpha->numel() == 1 && alpha->device() == dev, op, ": `alpha` must be a one-element tensor on ", dev,
-                ", got shape ", alpha->sizes(), " on ", alpha->device());
-    g.Cp = pre->size(1);
+  check_cuda_float(op, "x", x, dev);
+  check_cuda_float(op, "q", q, dev);
+  check_same_dtype(op, "q", q, "x", x);
+  TORCH_CHECK(g.C >= 1, op, ": `x` must have at least one channel, got shape ", x.sizes());
+  check_device(op, "gamma", gamma, dev);
+  if (g.has_pre) {
+    check_cuda_float(op, "pre", *pre, dev);
+    check_same_dtype(op, "pre", *pre, "x", x);
+    TORCH_CHECK(g.Cp >= 1, op, ": `pre` must have at least one channel, got shape ", pre->sizes());
+    check_floating(op, "mask", *mask);
+    check_device(op, "mask", *mask, dev);
+    check_device(op, "alpha", *alpha, dev);
   }
-  // Positions and channel offsets are int in the kernels; element offsets are int64.
-  TORCH_CHECK(g.N < (int64_t{1} << 30) && g.C + g.Cp < (int64_t{1} << 30), op, ": N = H*W = ", g.N,
-              " is too large for the CUDA kernels");
-  TORCH_CHECK(g.B <= kMaxGridYZ, op, ": batch size ", g.B, " exceeds the CUDA grid limit ", kMaxGridYZ);
+  check_launch_limit(op, "N = H * W", g.N, kMaxIndexSize, "the kernels' int indices");
+  check_launch_limit(op, "the value channels C + Cp", g.C + g.Cp, kMaxIndexSize, "the kernels' int indices");
+  check_launch_limit(op, "the batch size B", g.B, kMaxGridYZ, "the CUDA grid's y extent");
   return g;
 }
 
@@ -955,7 +938,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> short_lon
     const at::Tensor& q_in, const at::Tensor& x_in, const at::Tensor& gamma, const std::optional<at::Tensor>& pre_in,
     const std::optional<at::Tensor>& mask_in, const std::optional<at::Tensor>& alpha_in, double scale) {
   const char* op = "short_long_attention_fwd (CUDA)";
-  const Geometry g = check_inputs(op, q_in, x_in, gamma, pre_in, mask_in, alpha_in);
+  const AttentionGeometry g = check_inputs(op, q_in, x_in, gamma, pre_in, mask_in, alpha_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor q = q_in.contiguous();
   const at::Tensor x = x_in.contiguous();
@@ -969,11 +952,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> short_lon
   at::Tensor sa = at::empty({g.B, g.C, g.H, g.W}, opts);
   at::Tensor cf = g.has_pre ? at::empty({g.B, g.Cp, g.H, g.W}, opts) : at::empty({0}, opts);
   at::Tensor ca = g.has_pre ? at::empty({g.B, g.Cp, g.H, g.W}, opts) : at::empty({0}, opts);
-  at::Tensor lse = at::empty({g.B, g.H, g.W}, opts.dtype(at::kFloat));
+  at::Tensor lse = at::empty({g.B, g.H, g.W}, opts.dtype(accumulate_dtype(x.scalar_type())));
   if (g.B == 0 || g.N == 0) return {y, cf, sa, ca, lse};
 
   const int64_t chunks = ceil_div(g.C + g.Cp, kCV);
-  TORCH_CHECK(chunks <= kMaxGridYZ, op, ": too many value channels (", g.C + g.Cp, ")");
+  check_launch_limit(op, "the number of value-channel chunks", chunks, kMaxGridYZ, "the CUDA grid's z extent");
   const dim3 grid(static_cast<unsigned>(ceil_div(g.N, kTile)), static_cast<unsigned>(g.B),
                   static_cast<unsigned>(chunks));
   const cudaStream_t stream = current_stream();
@@ -1018,27 +1001,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& alpha_in, const at::Tensor& sa_in, const at::Tensor& ca_in,
     const at::Tensor& lse_in, double scale) {
   const char* op = "short_long_attention_bwd (CUDA)";
-  const Geometry g = check_inputs(op, q_in, x_in, gamma, pre_in, mask_in, alpha_in);
+  const AttentionGeometry g = check_inputs(op, q_in, x_in, gamma, pre_in, mask_in, alpha_in);
+  const bool has_grad_cf =
+      check_short_long_attention_bwd_inputs(op, g, grad_y_in, grad_cf_in, x_in, pre_in, sa_in, ca_in, lse_in);
   const at::Device dev = x_in.device();
-  check_cuda_float(grad_y_in, op, "grad_y", dev);
-  check_cuda_float(sa_in, op, "sa", dev);
-  TORCH_CHECK(grad_y_in.sizes() == x_in.sizes(), op, ": `grad_y` ", grad_y_in.sizes(), " must have the shape of x ",
-              x_in.sizes());
-  TORCH_CHECK(sa_in.sizes() == x_in.sizes(), op, ": `sa` ", sa_in.sizes(), " must have the shape of x ",
-              x_in.sizes());
-  TORCH_CHECK(lse_in.numel() == g.B * g.N && lse_in.device() == dev, op, ": `lse` must be (B, H, W) on ", dev,
-              ", got ", lse_in.sizes(), " on ", lse_in.device());
-  const bool has_grad_cf = g.has_pre && grad_cf_in.numel() > 0;
-  if (g.has_pre) {
-    check_cuda_float(ca_in, op, "ca", dev);
-    TORCH_CHECK(ca_in.sizes() == pre_in->sizes(), op, ": `ca` ", ca_in.sizes(), " must have the shape of pre ",
-                pre_in->sizes());
-    if (has_grad_cf) {
-      check_cuda_float(grad_cf_in, op, "grad_cf", dev);
-      TORCH_CHECK(grad_cf_in.sizes() == pre_in->sizes(), op, ": `grad_cf` ", grad_cf_in.sizes(),
-                  " must have the shape of pre ", pre_in->sizes());
-    }
-  }
+  check_cuda_float(op, "grad_y", grad_y_in, dev);
+  check_cuda_float(op, "sa", sa_in, dev);
+  check_device(op, "lse", lse_in, dev);
+  if (g.has_pre) check_cuda_float(op, "ca", ca_in, dev);
+  if (has_grad_cf) check_cuda_float(op, "grad_cf", grad_cf_in, dev);
   const c10::cuda::CUDAGuard guard(dev);
   const auto st = x_in.scalar_type();
   // Every tensor the kernels read shares x's dtype; gradients from autograd may arrive in another
@@ -1087,7 +1058,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const float fscale = static_cast<float>(scale);
   const size_t smem = bwd_smem_floats(Cq) * sizeof(float);
   const int64_t chunks = ceil_div(Ctot, kCV);
-  TORCH_CHECK(chunks <= kMaxGridYZ, op, ": too many value channels (", Ctot, ")");
+  check_launch_limit(op, "the number of value-channel chunks", chunks, kMaxGridYZ, "the CUDA grid's z extent");
   dispatch_float_types(st, op, [&](auto tag) {
     using T = decltype(tag);
     const T* pre_p = g.has_pre ? device_ptr<const T>(pre) : nullptr;

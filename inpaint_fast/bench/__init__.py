@@ -5,7 +5,11 @@ use it. Modules, one job each:
 
 * :mod:`.timing` — ms quantiles (CUDA: ``triton.testing.do_bench`` or CUDA events; CPU:
   ``torch.utils.benchmark``) and peak memory (CUDA allocator stats; CPU peak RSS);
-* :mod:`.core` — cases, providers, the correctness gate and the runner;
+* :mod:`.op_bench` — what an op's benchmark is: sweeps, cases, inputs, providers, modes;
+* :mod:`.passes` — the callable of one ``fwd`` / ``bwd`` / ``fwd+bwd`` pass of a provider;
+* :mod:`.gate` — the correctness gate: a provider must match the fp64 reference to be timed;
+* :mod:`.runner` — gate, then time, every (case, provider, mode); :mod:`.outcome` — the
+  :class:`Result` of each, and the status of a failure; :mod:`.rows` — their CSV rows;
 * :mod:`.short_long_attention`, :mod:`.fusion_block` — each op's cases, inputs, providers and
   FLOP / byte counts;
 * :mod:`.results` — the CSV schema and its upsert; :mod:`.env` — device, versions, commit,
@@ -17,8 +21,11 @@ The repository's ``benchmarks/`` folder holds the full per-op sweeps, the result
 the README table renderer and the pytest-benchmark micro-benchmarks, all built on this package.
 """
 
-from .core import Case, Inputs, OpBench, Provider, Result, Sweep, Unavailable, results_to_rows, run
 from .fusion_block import FusionBlockBench
+from .op_bench import Case, Inputs, OpBench, Provider, Sweep, Unavailable
+from .outcome import Result
+from .rows import results_to_rows
+from .runner import run
 from .short_long_attention import ShortLongAttentionBench
 from .timing import Timing, TimingConfig
 

@@ -22,7 +22,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .core import Result, _failure
+from .outcome import Result, failure_status
 from .timing import TimingConfig, peak_memory_mb, time_fn
 
 __all__ = ["CEILING_KERNELS", "measure_ceilings"]
@@ -55,7 +55,7 @@ def _gemm(device: torch.device, n: int, config: TimingConfig) -> Result:
         res.flops = 2.0 * n * n * n
         res.note = "torch.mm, bf16 in and out"
     except Exception as exc:  # noqa: BLE001 - recorded, as for any provider
-        res.status, res.note = _failure(exc)
+        res.status, res.note = failure_status(exc)
     return res
 
 
@@ -74,7 +74,7 @@ def _copy(device: torch.device, nbytes: int, config: TimingConfig) -> Result:
         res.nbytes = 2.0 * numel * 2  # read src + write dst
         res.note = "dst.copy_(src); GB/s counts read + write"
     except Exception as exc:  # noqa: BLE001
-        res.status, res.note = _failure(exc)
+        res.status, res.note = failure_status(exc)
     return res
 
 

@@ -36,8 +36,8 @@ from typing import Dict, List, Optional
 import torch
 
 from ..backends import KERNEL_BACKENDS
-from ..ops.fusion_block import RUNNING_STATS, TRAINABLE
-from .core import DTYPES, Case, Inputs, OpBench, Provider, Sweep, one_of
+from ..fusion_block_params import RUNNING_STATS, TRAINABLE, FusionBlockParams
+from .op_bench import DTYPES, Case, Inputs, OpBench, Provider, Sweep, one_of
 from .providers import compiled, our_backend
 
 __all__ = ["FusionBlockBench", "LEVEL_CHANNELS", "fusion_block_bytes"]
@@ -110,14 +110,30 @@ def _kink_free_batchnorms(kw: Dict[str, torch.Tensor], device: torch.device, g: 
     return {f"{name}_{k}": v.cpu() for name, bn in (("bn1", bn1), ("bn2", bn2)) for k, v in bn.items()}
 
 
+def with_flat_params(fn):
+    """``fn(feat, image, params, *, training, momentum, eps)`` called with the benchmark's inputs:
+    one keyword argument per parameter, so that the gate, the backward and the state checks can
+    name each one."""
+
+    def run(feat, image, *, training, momentum, eps, **params):
+        return fn(feat, image, FusionBlockParams(**params), training=training, momentum=momentum, eps=eps)
+
+    return run
+
+
 def _build_reference(case: Optional[Case], device: Optional[torch.device]):
     from inpaint_fast import reference
 
-    return reference.fusion_block
+    return with_flat_params(reference.fusion_block)
 
 
 def _build_compile(case: Case, device: torch.device):
     return compiled(_build_reference(case, device))
+
+
+def _build_ours(backend: str):
+    build = our_backend("fusion_block", backend)
+    return lambda case, device: with_flat_params(build(case, device))
 
 
 class FusionBlockBench(OpBench):
@@ -188,7 +204,7 @@ class FusionBlockBench(OpBench):
     def providers(self) -> Dict[str, Provider]:
         ps = {"reference": Provider("reference", _build_reference)}
         for b in KERNEL_BACKENDS + ("auto",):
-            ps[b] = Provider(b, our_backend("fusion_block", b), default_on=())
+            ps[b] = Provider(b, _build_ours(b), default_on=())
         ps["compile"] = Provider("compile", _build_compile, default_on=("cuda",), quick=False)
         return ps
 

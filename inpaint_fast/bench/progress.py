@@ -14,7 +14,7 @@ import contextlib
 import sys
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
-from .core import Result
+from .outcome import Result
 from .report import format_case_line
 
 __all__ = ["CaseLines", "on_terminal", "progress"]
@@ -34,7 +34,7 @@ def _by_mode(results: Sequence[Result]) -> List[List[Result]]:
 
 
 class CaseLines:
-    """``core.run``'s ``on_case``: one numbered line per (case, mode) on ``stream``, flushed at once
+    """``runner.run``'s ``on_case``: one numbered line per (case, mode) on ``stream``, flushed at once
     so a log shows how far a long run got."""
 
     def __init__(self, total: int, stream: TextIO):
@@ -51,7 +51,7 @@ class CaseLines:
 @contextlib.contextmanager
 def progress(runs: int, case_modes: int, stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None
              ) -> Iterator[Tuple[Optional[object], Optional[Callable[[Sequence[Result]], None]]]]:
-    """``(bar, on_case)`` for ``core.run``: a tqdm bar over ``runs`` (case, provider, mode) triples
+    """``(bar, on_case)`` for ``runner.run``: a tqdm bar over ``runs`` (case, provider, mode) triples
     on stderr when stdout and stderr are terminals (``on_case`` None), else no bar and
     :class:`CaseLines` over ``case_modes`` lines on stdout. Streams default to sys's at call time."""
     stdout = sys.stdout if stdout is None else stdout

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from .core import Case, Unavailable
+from .op_bench import Case, Unavailable
 
 __all__ = ["our_backend", "compiled"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import List, Sequence
 
-from .core import Result
+from .outcome import Result
 
 __all__ = ["format_case_line", "format_table"]
 

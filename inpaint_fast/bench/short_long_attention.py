@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends import KERNEL_BACKENDS
-from .core import DTYPES, Case, Inputs, OpBench, Provider, Sweep, Unavailable, one_of
+from .op_bench import DTYPES, Case, Inputs, OpBench, Provider, Sweep, Unavailable, one_of
 from .providers import compiled, our_backend
 
 __all__ = ["ShortLongAttentionBench", "attention_flops"]

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .core import Result, _attach_speedups, _failure
+from .outcome import Result, attach_speedups, failure_status
 from .timing import TimingConfig, peak_memory_mb, time_fn
 
 __all__ = ["MODELS", "TrainCase", "default_cases", "run_train_bench"]
@@ -156,7 +156,7 @@ def run_train_bench(
                     res.timing = time_fn(step, device, config)
                     res.peak_mb = peak_memory_mb(step, device)
             except Exception as exc:  # noqa: BLE001 - recorded in the CSV, the sweep goes on
-                res.status, res.note = _failure(exc)
+                res.status, res.note = failure_status(exc)
             finally:
                 step = None  # free the model before the next provider builds its own
                 if device.type == "cuda":
@@ -164,5 +164,5 @@ def run_train_bench(
             results.append(res)
             if progress is not None:
                 progress.update(1)
-    _attach_speedups(results)
+    attach_speedups(results)
     return results

@@ -9,8 +9,8 @@ Attribute names are PIC's (``conv1``, ``conv2``, ``bypass``, ``block0``, ``encod
 ``decoder{i}``, ``out{i}``, ``attn{i}``, ...), so that our state dict maps one-to-one onto PIC's
 checkpoints. PIC registers every spectral-normed conv twice (attribute and ``nn.Sequential``
 index) and its norm layers only inside the Sequential; :meth:`pic_aliases` of each block gives
-the Sequential names PIC uses for it and :mod:`inpaint_fast.models.pic_checkpoint` does the
-conversion.
+the Sequential names PIC uses for it, :mod:`inpaint_fast.nn.pic_layout` renames the keys and
+:mod:`inpaint_fast.models.pic_checkpoint` reads the files.
 
 Sizes: every network is fully convolutional. E and G need H and W to be multiples of 32
 (``2**layers``: the latent is input/32 and the attention at input/8 must line up with the
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import PreActResBlock, ShortLongAttention, SpectralNormConv2d, SpectralNormConvTranspose2d
+from ..nn.pic_layout import resblock_pic_aliases
 from .sizes import pic_discriminator_minimum
 
 __all__ = [
@@ -57,20 +58,6 @@ def _norm(kind: Optional[str], channels: int) -> Optional[nn.Module]:
 
 def _apply(norm: Optional[nn.Module], x: Tensor) -> Tensor:
     return x if norm is None else norm(x)
-
-
-def resblock_pic_aliases(has_norm: bool) -> Dict[str, str]:
-    """PIC's Sequential names → our attribute names for a pre-activation ResBlock (and the decoder).
-
-    PIC builds ``model = Sequential([norm(in)], act, conv1, [norm(hidden)], act, conv2)`` and
-    ``shortcut = Sequential(bypass)`` (docs/pic.md#official-checkpoint-layout), so without norms conv1/conv2 are
-    ``model.1``/``model.3`` and with norms ``model.2``/``model.5`` (norms at ``model.0``/``model.3``,
-    registered only there). ``bypass`` is ``shortcut.0``. Also right for
-    :class:`inpaint_fast.nn.PreActResBlock` (the no-norm case).
-    """
-    if has_norm:
-        return {"model.0": "norm1", "model.2": "conv1", "model.3": "norm2", "model.5": "conv2", "shortcut.0": "bypass"}
-    return {"model.1": "conv1", "model.3": "conv2", "shortcut.0": "bypass"}
 
 
 def _preact_main(block: nn.Module, x: Tensor) -> Tensor:

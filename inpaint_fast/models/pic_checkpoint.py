@@ -1,13 +1,9 @@
 """Reading PIC's official checkpoints (``<iter>_net_{E,G,D,D_rec}.pth``) into our networks.
 
-PIC's layout (docs/pic.md#official-checkpoint-layout; inferred from PyTorch's ``state_dict`` rules,
-not from a real file):
-
-* an optional ``module.`` prefix on every key (saved from ``DataParallel``);
-* a spectral-normed conv ``X`` stores ``X.module.{weight_bar, weight_u, weight_v, bias}`` (PIC's
-  wrapper holds the conv as ``.module``); ours stores ``X.{weight_bar, weight_u, weight_v, bias}``;
-* each such conv is registered twice, as an attribute and inside an ``nn.Sequential``, so it
-  appears under both names (equal tensors); norm layers exist only inside the Sequential.
+PIC's layout (docs/pic.md#official-checkpoint-layout) and the rule that renames its keys to ours
+are :mod:`inpaint_fast.nn.pic_layout`'s (:func:`convert_pic_state_dict`, :func:`pic_key_aliases`,
+re-exported here); this module reads the files, checks them against a whole network and loads
+them.
 
 The Sequential indices assumed per block (from the Sequential contents of PIC's blocks,
 docs/pic.md#official-checkpoint-layout; our blocks
@@ -32,121 +28,22 @@ constructed inline in the Sequential (no attribute of their own, so they appear 
 would list those keys as unexpected. D's final conv is a bare SN conv attribute (``conv.module.*``).
 
 A key whose Sequential index is not in this table (or any other unknown key) is reported as
-unexpected by a strict load and never loaded into some other conv. Keys already in our own layout
-are accepted too.
+unexpected by a strict load and never loaded into some other conv.
 """
 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..nn import PreActResBlock
-from ..nn.spectral_norm import SpectralNormConv2d, SpectralNormConvTranspose2d
-from .pic_blocks import resblock_pic_aliases
+from ..nn.pic_layout import convert_pic_state_dict, pic_key_aliases
 
 __all__ = ["convert_pic_state_dict", "load_pic_checkpoints", "load_pic_state_dict", "pic_key_aliases"]
 
-_SN_TYPES = (SpectralNormConv2d, SpectralNormConvTranspose2d)
-_SN_TENSORS = ("weight_bar", "weight_u", "weight_v", "bias")
-_DATA_PARALLEL = "module."
-
 StateDictLike = Union[str, "os.PathLike[str]", Mapping[str, Tensor]]
-
-
-def _block_aliases(module: nn.Module) -> Dict[str, str]:
-    """PIC Sequential name → our attribute name, for one block (empty for non-blocks)."""
-    if hasattr(module, "pic_aliases"):
-        return module.pic_aliases()
-    if isinstance(module, PreActResBlock):  # the attention's inner block: never has a norm
-        return resblock_pic_aliases(False)
-    return {}
-
-
-def pic_key_aliases(model: nn.Module) -> "OrderedDict[str, List[str]]":
-    """For each key of ``model.state_dict()``, the names PIC's checkpoint uses for it.
-
-    The first PIC name is the attribute path (with ``.module.`` for spectral-normed tensors); a
-    second one, when present, is the Sequential path. No ``module.`` (DataParallel) prefix.
-
-    Args:
-        model: one of our PIC networks (or any module built from the same blocks).
-
-    Returns:
-        ``OrderedDict`` our key → list of PIC keys, in ``state_dict`` order.
-    """
-    modules = dict(model.named_modules())
-    aliases: "OrderedDict[str, List[str]]" = OrderedDict()
-    for key in model.state_dict().keys():
-        owner, _, leaf = key.rpartition(".")
-        module = modules.get(owner)
-        sn = isinstance(module, _SN_TYPES) and leaf in _SN_TENSORS
-        tail = f"module.{leaf}" if sn else leaf
-        names = [f"{owner}.{tail}" if owner else tail]
-        # The Sequential copy: the owner's parent block lists owner's attribute under an index.
-        parent_path, _, attr = owner.rpartition(".")
-        parent = modules.get(parent_path) if owner else None
-        if parent is not None:
-            inverse = {ours: pic for pic, ours in _block_aliases(parent).items()}
-            if attr in inverse:
-                seq = f"{parent_path}.{inverse[attr]}" if parent_path else inverse[attr]
-                if attr.startswith("norm"):
-                    names = [f"{seq}.{tail}"]  # PIC's norms live only in the Sequential
-                else:
-                    names.append(f"{seq}.{tail}")
-        aliases[key] = names
-    return aliases
-
-
-def convert_pic_state_dict(
-    model: nn.Module, state_dict: Mapping[str, Tensor], *, where: str = "convert_pic_state_dict"
-) -> Tuple["OrderedDict[str, Tensor]", List[str], List[str]]:
-    """PIC checkpoint layout → ``model``'s state-dict layout.
-
-    Strips one ``module.`` prefix per key, maps every known PIC name onto our key, checks that
-    the two copies of a doubly-registered conv hold equal tensors (``ValueError`` otherwise) and
-    keeps one.
-
-    Args:
-        model: the network the state dict is for (e.g. ``pic.net_G``).
-        state_dict: PIC's keys (or ours) → tensors.
-        where: prefix of error messages.
-
-    Returns:
-        ``(converted, missing, unexpected)``: converted in our names; missing = our keys given
-        under no name; unexpected = given keys (as given) that map to nothing.
-    """
-    aliases = pic_key_aliases(model)
-    lookup: Dict[str, str] = {}
-    for ours, pics in aliases.items():
-        lookup[ours] = ours
-        for pic in pics:
-            lookup[pic] = ours
-    converted: "OrderedDict[str, Tensor]" = OrderedDict()
-    first_source: Dict[str, str] = {}
-    unexpected: List[str] = []
-    for key, value in state_dict.items():
-        name = key[len(_DATA_PARALLEL):] if key.startswith(_DATA_PARALLEL) and key not in lookup else key
-        ours = lookup.get(name)
-        if ours is None:
-            unexpected.append(key)
-            continue
-        if ours in converted:
-            prev = converted[ours]
-            if prev.shape != value.shape or prev.dtype != value.dtype or not torch.equal(prev, value):
-                raise ValueError(
-                    f"{where}: {key!r} and {first_source[ours]!r} both name {ours!r} (one conv registered "
-                    f"twice in PIC's layout) but hold different values"
-                )
-            continue
-        converted[ours] = value
-        first_source[ours] = key
-    missing = [k for k in aliases if k not in converted]
-    return converted, missing, unexpected
 
 
 def _read(source: StateDictLike, where: str) -> Mapping[str, Tensor]:

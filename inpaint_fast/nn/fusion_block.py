@@ -116,9 +116,7 @@ class FusionBlock(nn.Module):
         Returns:
             ``(out, alpha, raw)``: Y (B, 3, h, w), α (B, A, h, w), R (B, 3, h, w) — DFNet's order.
         """
-        seq = self.blend.blend
-        conv1, bn1, conv2, bn2, conv3 = seq[0].conv, seq[1], seq[3].conv, seq[4], seq[6].conv
-        mapconv = self.map2img[0].conv
+        bn1, bn2 = self.blend.blend[1], self.blend.blend[4]
         if bn1.eps != bn2.eps:
             raise ValueError(
                 f"FusionBlock: both BatchNorms must share eps (the op takes one), got {bn1.eps} and {bn2.eps}"
@@ -134,17 +132,9 @@ class FusionBlock(nn.Module):
             # F.batch_norm does for nn.BatchNorm2d.
             bn1.num_batches_tracked.add_(1)
             bn2.num_batches_tracked.add_(1)
-        return inpaint_fast.fusion_block(
-            feat_de, img_miss,
-            mapconv.weight, mapconv.bias,
-            conv1.weight, conv1.bias,
-            bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var,
-            conv2.weight, conv2.bias,
-            bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var,
-            conv3.weight, conv3.bias,
-            training=self.training, momentum=momentum1, eps=float(bn1.eps),
-            backend=self.backend,
-        )
+        params = inpaint_fast.FusionBlockParams.from_module(self)
+        return inpaint_fast.fusion_block(feat_de, img_miss, params, training=self.training, momentum=momentum1,
+                                         eps=float(bn1.eps), backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"c_feat={self.c_feat}, c_alpha={self.c_alpha}, backend={self.backend!r}"

@@ -18,58 +18,23 @@ State-dict layout of this module (C = in_channels)::
 
 PIC's own checkpoints store each spectral-normed conv twice and one level deeper
 (``model.conv1.module.weight_bar`` *and* ``model.model.1.module.weight_bar``, ...);
-:func:`convert_auto_attn_state_dict` / :meth:`ShortLongAttention.load_pic_state_dict` take that
-layout as it is.
+:meth:`ShortLongAttention.load_pic_state_dict` and :func:`inpaint_fast.nn.convert_auto_attn_state_dict`
+take that layout as it is (:mod:`inpaint_fast.nn.pic_layout` has the rule).
 """
 
 from __future__ import annotations
 
-import re
-from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import inpaint_fast
 
-from .spectral_norm import SpectralNormConv2d
+from .pic_layout import convert_pic_layer_state_dict, pic_key_aliases
+from .preact_resblock import PreActResBlock
 
-__all__ = ["PreActResBlock", "ShortLongAttention", "convert_auto_attn_state_dict"]
-
-# PIC's ResBlock default nonlinearity is nn.LeakyReLU() (slope 0.01), which Auto_Attn's block
-# keeps, unlike the 0.1 used by every other block of the networks (docs/pic.md#conventions).
-RESBLOCK_LEAKY_SLOPE = 0.01
-
-
-class PreActResBlock(nn.Module):
-    """PIC's ``ResBlock`` in the configuration ``Auto_Attn`` uses: no norm, no resampling, SN convs.
-
-    ``out = conv2(lrelu(conv1(lrelu(x)))) + bypass(x)`` with lrelu slope 0.01, ``conv1`` an SN
-    conv3x3 (in → hidden, pad 1), ``conv2`` an SN conv3x3 (hidden → out, pad 1), ``bypass`` an SN
-    conv1x1 (in → out). The attribute names are PIC's.
-
-    Args:
-        in_channels: C_in (2C in ``Auto_Attn``).
-        out_channels: C_out (C).
-        hidden_channels: C_hidden (C); defaults to ``out_channels`` as in PIC.
-
-    Forward: x (B, C_in, H, W) → (B, C_out, H, W).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, hidden_channels: Optional[int] = None) -> None:
-        super().__init__()
-        hidden_channels = out_channels if hidden_channels is None else hidden_channels
-        self.conv1 = SpectralNormConv2d(in_channels, hidden_channels, 3, padding=1)
-        self.conv2 = SpectralNormConv2d(hidden_channels, out_channels, 3, padding=1)
-        self.bypass = SpectralNormConv2d(in_channels, out_channels, 1, padding=0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, C_in, H, W) → (B, C_out, H, W)."""
-        h = self.conv1(F.leaky_relu(x, RESBLOCK_LEAKY_SLOPE))
-        h = self.conv2(F.leaky_relu(h, RESBLOCK_LEAKY_SLOPE))
-        return h + self.bypass(x)
+__all__ = ["ShortLongAttention"]
 
 
 class ShortLongAttention(nn.Module):
@@ -166,7 +131,7 @@ class ShortLongAttention(nn.Module):
 
         Accepts the layout as saved: optional DataParallel ``module.`` prefix, each SN conv twice
         (attribute and ``Sequential`` index), SN tensors under ``.module.``. See
-        :func:`convert_auto_attn_state_dict` for the mapping.
+        :func:`inpaint_fast.nn.convert_auto_attn_state_dict` for the mapping.
 
         Args:
             state_dict: PIC's keys → tensors (our own layout is accepted too).
@@ -178,20 +143,16 @@ class ShortLongAttention(nn.Module):
         Returns:
             ``nn.Module.load_state_dict``'s ``(missing_keys, unexpected_keys)`` in our names.
         """
-        converted, sources = _convert(state_dict, prefix)
-        if strict:
-            own = set(self.state_dict().keys())
-            missing = sorted(own - converted.keys())
-            unexpected = sorted(set(converted) - own)
-            if missing or unexpected:
-                lines = ["ShortLongAttention.load_pic_state_dict: the state dict does not match Auto_Attn's layout."]
-                if missing:
-                    lines.append("Missing: " + ", ".join(f"{k} (PIC: {_pic_names(k)})" for k in missing))
-                if unexpected:
-                    lines.append("Unexpected: " + ", ".join(
-                        f"{k} (from {' = '.join(sources[k])})" if sources[k] != [k] else k for k in unexpected
-                    ))
-                raise RuntimeError("\n  ".join(lines))
+        where = "ShortLongAttention.load_pic_state_dict"
+        converted, missing, unexpected = convert_pic_layer_state_dict(self, state_dict, prefix, where=where)
+        if strict and (missing or unexpected):
+            aliases = pic_key_aliases(self)
+            lines = [f"{where}: the state dict does not match Auto_Attn's layout."]
+            if missing:
+                lines.append("Missing: " + ", ".join(f"{k} (PIC: {' or '.join(aliases[k])})" for k in missing))
+            if unexpected:
+                lines.append("Unexpected: " + ", ".join(unexpected))
+            raise RuntimeError("\n  ".join(lines))
         return self.load_state_dict(converted, strict=strict)
 
     def extra_repr(self) -> str:
@@ -200,87 +161,3 @@ class ShortLongAttention(nn.Module):
             f"backend={self.backend!r}"
         )
 
-
-# ---------------------------------------------------------------------------------------------
-# PIC checkpoint layout → ours
-# ---------------------------------------------------------------------------------------------
-# PIC's ResBlock registers each SN conv twice: as an attribute (conv1, conv2, bypass) and inside
-# Sequentials. Without a norm (Auto_Attn's case) the main branch is Sequential(act, conv1, act,
-# conv2), so conv1 and conv2 sit at indices 1 and 3, and the shortcut is Sequential(bypass)
-# (docs/pic.md#official-checkpoint-layout). Indices 1/3 are our reading of that layout; a checkpoint with other
-# indices is reported as unexpected keys, never loaded silently into the wrong conv.
-_SEQUENTIAL_ALIASES = {
-    "model.model.1.": "model.conv1.",
-    "model.model.3.": "model.conv2.",
-    "model.shortcut.0.": "model.bypass.",
-}
-# PIC's SpectralNorm wraps the conv as `.module`; our SpectralNormConv2d holds the tensors itself.
-_SN_KEY = re.compile(r"^model\.(conv1|conv2|bypass)\.module\.(weight_bar|weight_u|weight_v|bias)$")
-
-
-def _our_name(key: str) -> str:
-    for pic_prefix, ours in _SEQUENTIAL_ALIASES.items():
-        if key.startswith(pic_prefix):
-            key = ours + key[len(pic_prefix):]
-            break
-    return _SN_KEY.sub(r"model.\1.\2", key)
-
-
-def _pic_names(our_key: str) -> str:
-    m = re.match(r"^model\.(conv1|conv2|bypass)\.(\w+)$", our_key)
-    if not m:
-        return our_key
-    seq = {v: k for k, v in _SEQUENTIAL_ALIASES.items()}[f"model.{m.group(1)}."]
-    return f"model.{m.group(1)}.module.{m.group(2)} / {seq}module.{m.group(2)}"
-
-
-def _convert(state_dict: Mapping[str, Tensor], prefix: str) -> Tuple["OrderedDict[str, Tensor]", Dict[str, List[str]]]:
-    out: "OrderedDict[str, Tensor]" = OrderedDict()
-    sources: Dict[str, List[str]] = {}
-    for key, value in state_dict.items():
-        name = key[len("module."):] if key.startswith("module.") else key  # DataParallel
-        if prefix:
-            if not name.startswith(prefix):
-                continue
-            name = name[len(prefix):]
-        ours = _our_name(name)
-        if ours in out:
-            first = sources[ours][0]
-            prev = out[ours]
-            if prev.shape != value.shape or prev.dtype != value.dtype or not torch.equal(prev, value):
-                raise ValueError(
-                    f"convert_auto_attn_state_dict: {key!r} and {first!r} are the same tensor in PIC's layout "
-                    f"(one SN conv registered twice) but hold different values"
-                )
-            sources[ours].append(key)
-            continue
-        out[ours] = value
-        sources[ours] = [key]
-    if prefix and not out:
-        raise KeyError(f"convert_auto_attn_state_dict: no key starts with prefix {prefix!r}")
-    return out, sources
-
-
-def convert_auto_attn_state_dict(state_dict: Mapping[str, Tensor], prefix: str = "") -> "OrderedDict[str, Tensor]":
-    """PIC ``Auto_Attn`` checkpoint entries → :class:`ShortLongAttention`'s state-dict layout.
-
-    PIC's layout (docs/pic.md#official-checkpoint-layout), per spectral-normed conv ``X`` in {conv1, conv2, bypass}::
-
-        [module.][prefix]model.X.module.{weight_bar, weight_u, weight_v, bias}
-        [module.][prefix]model.model.{1,3}.module.{...}      (conv1, conv2: the Sequential copy)
-        [module.][prefix]model.shortcut.0.module.{...}       (bypass: the Sequential copy)
-
-    becomes ``model.X.{weight_bar, weight_u, weight_v, bias}``; ``query_conv.*``, ``gamma`` and
-    ``alpha`` keep their names. Duplicates are checked to be equal (``ValueError`` otherwise) and
-    kept once. Keys outside this pattern are passed through unchanged, so a strict load reports
-    them.
-
-    Args:
-        state_dict: name → tensor, PIC's layout (ours passes through unchanged).
-        prefix: the layer's name inside a whole-network state dict (e.g. ``"attn."``), after any
-            ``module.``; only keys under it are converted.
-
-    Returns:
-        An ``OrderedDict`` for ``ShortLongAttention.load_state_dict``.
-    """
-    return _convert(state_dict, prefix)[0]

@@ -29,7 +29,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from ..dtypes import FLOATING
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -3,7 +3,7 @@
 One file per op, in the same order everywhere: input checks → the compiled op's fake kernel and
 autograd → the backend implementations → the public function.
 
-The compiled op ``inpaint_fast::fusion_block_fwd/_bwd`` (schemas in csrc/ops.cpp) returns the
+The compiled op ``inpaint_fast::fusion_block_fwd/_bwd`` (schemas in inpaint_fast/ops/schemas.inc) returns the
 BatchNorm statistics it normalised with; in training the public function folds them into the
 running statistics exactly as ``nn.BatchNorm2d`` does (momentum, unbiased variance), so the op
 itself mutates nothing, which keeps it simple for ``torch.compile`` and ``opcheck``.
@@ -17,8 +17,10 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from ..fusion_block_params import PARAM_NAMES, RUNNING_STATS, TRAINABLE, FusionBlockParams
 from ._autocast import autocast_dtype
-from ._registration import register_backends, stat_dtype
+from ..dtypes import accumulate_dtype
+from ._registration import register_backends
 from ._validation import (
     check_same_device,
     check_same_dtype,
@@ -27,32 +29,28 @@ from ._validation import (
     check_values,
 )
 
-__all__ = ["PARAM_NAMES", "RUNNING_STATS", "TRAINABLE", "fusion_block"]
+__all__ = ["fusion_block"]
 
 OP = "fusion_block"
-
-# The block's 16 parameters and buffers in the op's order (csrc/ops.cpp), its four BatchNorm running
-# statistics (updated in training, read in eval) and the 12 trainable ones (the backward's order).
-PARAM_NAMES = (
-    "map_weight", "map_bias", "conv1_weight", "conv1_bias", "bn1_weight", "bn1_bias",
-    "bn1_running_mean", "bn1_running_var", "conv2_weight", "conv2_bias", "bn2_weight", "bn2_bias",
-    "bn2_running_mean", "bn2_running_var", "conv3_weight", "conv3_bias",
-)  # fmt: skip
-RUNNING_STATS = ("bn1_running_mean", "bn1_running_var", "bn2_running_mean", "bn2_running_var")
-TRAINABLE = tuple(k for k in PARAM_NAMES if k not in RUNNING_STATS)
 
 
 # ---------------------------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------------------------
-def _validate(feat, image, params, training) -> None:
+def _validate(feat, image, params, training, *, values: bool = True, saved_stats: bool = False) -> None:
+    """Every check of a call; ``values=False`` leaves out the data checks (no device sync).
+    ``saved_stats``: the running statistics' places hold the statistics a forward op returned (the
+    backward op's inputs), which are in the statistics' dtype (float32 for half inputs)."""
+    if not isinstance(params, FusionBlockParams):
+        raise TypeError(f"{OP}: `params` must be a FusionBlockParams (by name, or FusionBlockParams.from_module), "
+                        f"got {type(params).__name__}")
     check_tensor(OP, "feat", feat, 4, "(B, c, h, w)")
     B, c, h, w = feat.shape
     check_tensor(OP, "image", image, 4, "(B, 3, H, W)")
     check_shape(OP, "image", image, (B, 3, None, None), "(B, 3, H, W)", "the batch of `feat`, 3 colour channels")
     if min(h, w, image.shape[2], image.shape[3]) < 1 or c < 1:
         raise ValueError(f"{OP}: empty input: feat {tuple(feat.shape)}, image {tuple(image.shape)}")
-    p = dict(zip(PARAM_NAMES, params))
+    p = params._asdict()
     for name, t in p.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{OP}: `{name}` must be a tensor, got {type(t).__name__}")
@@ -81,17 +79,43 @@ def _validate(feat, image, params, training) -> None:
         )
     for name, (shape, layout) in expected.items():
         check_shape(OP, name, p[name], shape, layout)
-    check_same_dtype(OP, "feat", feat, image=image, **p)
+    same_dtype = {k: v for k, v in p.items() if not (saved_stats and k in RUNNING_STATS)}
+    check_same_dtype(OP, "feat", feat, image=image, **same_dtype)
     check_same_device(OP, "feat", feat, image=image, **p)
     # In training the running statistics are only updated, never used: a check there would read
     # them (and synchronise) on every call, since each call changes them.
-    checked = {k: v for k, v in p.items() if not (training and "running" in k)}
-    check_values(OP, finite=checked, nonnegative=("bn1_running_var", "bn2_running_var"))
+    if values:
+        checked = {k: v for k, v in p.items() if not (training and "running" in k)}
+        check_values(OP, finite=checked, nonnegative=("bn1_running_var", "bn2_running_var"))
     if training and B * h * w < 2:
         raise ValueError(
             f"{OP}: training-mode BatchNorm needs more than one value per channel, got feat of shape "
             f"{tuple(feat.shape)} (B*h*w = {B * h * w}); use eval mode or a larger input"
         )
+
+
+def _check_fwd_args(feat, image, *rest) -> None:
+    """The structural checks of a direct call of a kernel backend's forward op."""
+    *params, training, _eps = rest
+    _validate(feat, image, FusionBlockParams._make(params), training, values=False)
+
+
+def _check_bwd_args(grad_out, grad_alpha, grad_raw, feat, image, *rest) -> None:
+    """The structural checks of a direct call of a kernel backend's backward op: the forward's
+    inputs (with the statistics it normalised with in the running statistics' places), and each
+    output gradient in its output's shape, dtype and device."""
+    *params, training, _eps = rest
+    params = FusionBlockParams._make(params)
+    _validate(feat, image, params, training, values=False, saved_stats=True)
+    B, _, h, w = feat.shape
+    a = params.conv3_weight.shape[0]
+    for name, t, shape, layout in (("grad_out", grad_out, (B, 3, h, w), "(B, 3, h, w)"),
+                                   ("grad_alpha", grad_alpha, (B, a, h, w), "(B, A, h, w)"),
+                                   ("grad_raw", grad_raw, (B, 3, h, w), "(B, 3, h, w)")):  # fmt: skip
+        check_tensor(OP, name, t, 4, layout)
+        check_shape(OP, name, t, shape, layout, "the forward's output")
+    check_same_dtype(OP, "feat", feat, grad_out=grad_out, grad_alpha=grad_alpha, grad_raw=grad_raw)
+    check_same_device(OP, "feat", feat, grad_out=grad_out, grad_alpha=grad_alpha, grad_raw=grad_raw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,17 +126,18 @@ def _validate(feat, image, params, training) -> None:
 def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
     """Fake kernels and the autograd formula of one forward/backward op pair.
 
-    Every backend's ops share one schema (csrc/ops.cpp), so they share these registrations too.
+    Every backend's ops share one schema (inpaint_fast/ops/schemas.inc), so they share these registrations too.
     """
     bwd_op = getattr(torch.ops.inpaint_fast, bwd_name).default
 
+    # The ops take the 16 parameters flat, in FusionBlockParams' order, between the inputs and
+    # (training, eps); each function below names them by bundling them back.
     @torch.library.register_fake(f"inpaint_fast::{fwd_name}")
-    def _fwd_fake(feat, image, map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias,
-                  bn1_running_mean, bn1_running_var, conv2_weight, conv2_bias, bn2_weight, bn2_bias,
-                  bn2_running_mean, bn2_running_var, conv3_weight, conv3_bias, training, eps):  # fmt: skip
+    def _fwd_fake(feat, image, *rest):
+        params = FusionBlockParams._make(rest[:-2])
         B, _, h, w = feat.shape
-        cm, a = conv1_weight.shape[0], conv3_weight.shape[0]
-        stat = stat_dtype(feat.dtype)
+        cm, a = params.conv1_weight.shape[0], params.conv3_weight.shape[0]
+        stat = accumulate_dtype(feat.dtype)
         return (
             feat.new_empty((B, 3, h, w)),
             feat.new_empty((B, a, h, w)),
@@ -124,41 +149,37 @@ def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
         )
 
     @torch.library.register_fake(f"inpaint_fast::{bwd_name}")
-    def _bwd_fake(grad_out, grad_alpha, grad_raw, feat, image, map_weight, map_bias, conv1_weight,
-                  conv1_bias, bn1_weight, bn1_bias, bn1_mean, bn1_var, conv2_weight, conv2_bias,
-                  bn2_weight, bn2_bias, bn2_mean, bn2_var, conv3_weight, conv3_bias, training, eps):  # fmt: skip
+    def _bwd_fake(grad_out, grad_alpha, grad_raw, feat, image, *rest):
+        params = FusionBlockParams._make(rest[:-2])
         B, _, h, w = feat.shape
-        like = (map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias, conv2_weight,
-                conv2_bias, bn2_weight, bn2_bias, conv3_weight, conv3_bias)  # fmt: skip
-        return (feat.new_empty(feat.shape), feat.new_empty((B, 3, h, w))) + tuple(t.new_empty(t.shape) for t in like)
+        grad_params = tuple(getattr(params, k).new_empty(getattr(params, k).shape) for k in TRAINABLE)
+        return (feat.new_empty(feat.shape), feat.new_empty((B, 3, h, w))) + grad_params
 
     def _setup_context(ctx, inputs, output):
-        (feat, image, map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias, _rm1, _rv1,
-         conv2_weight, conv2_bias, bn2_weight, bn2_bias, _rm2, _rv2, conv3_weight, conv3_bias, training, eps) = inputs  # fmt: skip
-        _out, _alpha, _raw, bn1_mean, bn1_var, bn2_mean, bn2_var = output
-        ctx.save_for_backward(feat, image, map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias,
-                              bn1_mean, bn1_var, conv2_weight, conv2_bias, bn2_weight, bn2_bias, bn2_mean,
-                              bn2_var, conv3_weight, conv3_bias)  # fmt: skip
+        feat, image, *params, training, eps = inputs
+        _out, _alpha, _raw, *stats = output
+        # Saved: feat, image and the bundle the backward op takes, which holds the statistics the
+        # forward normalised with in the running statistics' places.
+        normalised_with = FusionBlockParams._make(params)._replace(**dict(zip(RUNNING_STATS, stats)))
+        ctx.save_for_backward(feat, image, *normalised_with)
         ctx.training, ctx.eps = training, eps
-        ctx.mark_non_differentiable(bn1_mean, bn1_var, bn2_mean, bn2_var)
+        ctx.mark_non_differentiable(*stats)
 
     def _backward(ctx, grad_out, grad_alpha, grad_raw, *_grad_stats):
-        saved = ctx.saved_tensors
-        feat, image = saved[0], saved[1]
-        grads = [grad_out, grad_alpha, grad_raw]
-        shapes = [(feat.shape[0], 3) + feat.shape[2:], (feat.shape[0], saved[16].shape[0]) + feat.shape[2:]]
-        shapes.append(shapes[0])
-        grads = [feat.new_zeros(s) if g is None else g.contiguous() for g, s in zip(grads, shapes)]
-        (grad_feat, grad_image_resized, g_map_w, g_map_b, g_c1_w, g_c1_b, g_bn1_w, g_bn1_b, g_c2_w, g_c2_b,
-         g_bn2_w, g_bn2_b, g_c3_w, g_c3_b) = bwd_op(
-            *grads, *saved, ctx.training, ctx.eps)  # fmt: skip
+        feat, image, *saved = ctx.saved_tensors
+        params = FusionBlockParams._make(saved)
+        B, _, h, w = feat.shape
+        shapes = ((B, 3, h, w), (B, params.conv3_weight.shape[0], h, w), (B, 3, h, w))
+        grads = [feat.new_zeros(s) if g is None else g.contiguous()
+                 for g, s in zip((grad_out, grad_alpha, grad_raw), shapes)]  # fmt: skip
+        grad_feat, grad_image_resized, *grad_params = bwd_op(*grads, feat, image, *params, ctx.training, ctx.eps)
         grad_image = None
         if ctx.needs_input_grad[1]:
             grad_image = torch.ops.aten.upsample_bilinear2d_backward.default(
                 grad_image_resized, list(feat.shape[2:]), list(image.shape), False, None, None
             )
-        return (grad_feat, grad_image, g_map_w, g_map_b, g_c1_w, g_c1_b, g_bn1_w, g_bn1_b, None, None,
-                g_c2_w, g_c2_b, g_bn2_w, g_bn2_b, None, None, g_c3_w, g_c3_b, None, None)  # fmt: skip
+        by_name = dict(zip(TRAINABLE, grad_params))  # the running statistics get none
+        return (grad_feat, grad_image, *(by_name.get(k) for k in PARAM_NAMES), None, None)
 
     torch.library.register_autograd(f"inpaint_fast::{fwd_name}", _backward, setup_context=_setup_context)
 
@@ -183,19 +204,19 @@ def _op_runner(fwd_name: str):
         )
         if training:
             count = feat.shape[0] * feat.shape[2] * feat.shape[3]
-            p = dict(zip(PARAM_NAMES, params))
-            _update_running_stats(p["bn1_running_mean"], p["bn1_running_var"], bn1_mean, bn1_var, count, momentum)
-            _update_running_stats(p["bn2_running_mean"], p["bn2_running_var"], bn2_mean, bn2_var, count, momentum)
+            _update_running_stats(params.bn1_running_mean, params.bn1_running_var, bn1_mean, bn1_var, count, momentum)
+            _update_running_stats(params.bn2_running_mean, params.bn2_running_var, bn2_mean, bn2_var, count, momentum)
         return out, alpha, raw
 
     return run
 
 
 def _run_reference(feat, image, params, training, momentum, eps):
-    return reference.fusion_block(feat, image, *params, training=training, momentum=momentum, eps=eps)
+    return reference.fusion_block(feat, image, params, training=training, momentum=momentum, eps=eps)
 
 
-_registry = register_backends(OP, _run_reference, _op_runner, _register_fake_and_autograd)
+_registry = register_backends(OP, _run_reference, _op_runner, _register_fake_and_autograd,
+                              check_fwd_args=_check_fwd_args, check_bwd_args=_check_bwd_args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,26 +225,11 @@ _registry = register_backends(OP, _run_reference, _op_runner, _register_fake_and
 def fusion_block(
     feat: Tensor,
     image: Tensor,
-    map_weight: Tensor,
-    map_bias: Tensor,
-    conv1_weight: Tensor,
-    conv1_bias: Tensor,
-    bn1_weight: Tensor,
-    bn1_bias: Tensor,
-    bn1_running_mean: Tensor,
-    bn1_running_var: Tensor,
-    conv2_weight: Tensor,
-    conv2_bias: Tensor,
-    bn2_weight: Tensor,
-    bn2_bias: Tensor,
-    bn2_running_mean: Tensor,
-    bn2_running_var: Tensor,
-    conv3_weight: Tensor,
-    conv3_bias: Tensor,
+    params: FusionBlockParams,
+    *,
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
-    *,
     backend: Optional[str] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """DFNet's fusion block, fused: raw RGB completion, learned alpha, and their blend.
@@ -235,14 +241,11 @@ def fusion_block(
     Args:
         feat: (B, c, h, w) decoder feature F_k.
         image: (B, 3, H, W) image with holes, full resolution (any H, W; resized inside).
-        map_weight, map_bias: (3, c, 1, 1), (3,) — DFNet's ``map2img.0.conv``.
-        conv1_weight, conv1_bias: (Cm, 6, 1, 1), (Cm,) — ``blend.blend.0.conv`` (Cm = 32 in DFNet).
-        bn1_weight, bn1_bias, bn1_running_mean, bn1_running_var: (Cm,) — ``blend.blend.1``.
-        conv2_weight, conv2_bias: (A, Cm, 3, 3), (A,) — ``blend.blend.3.conv``, A = c_alpha ∈ {1, 3}.
-        bn2_weight, bn2_bias, bn2_running_mean, bn2_running_var: (A,) — ``blend.blend.4``.
-        conv3_weight, conv3_bias: (A, A, 1, 1), (A,) — ``blend.blend.6.conv``.
-        training: BatchNorm with batch statistics, updating the running stats in place (as
-            ``F.batch_norm`` does); eval uses the running statistics.
+        params: the block's 16 weights and BatchNorm tensors, a :class:`FusionBlockParams` (its
+            fields give the shapes and DFNet's layers); ``FusionBlockParams.from_module(block)``
+            takes them from an ``inpaint_fast.nn.FusionBlock`` or DFNet's module.
+        training: BatchNorm with batch statistics, updating ``params``' running statistics in
+            place (as ``F.batch_norm`` does); eval uses the running statistics.
         momentum, eps: BatchNorm's (PyTorch defaults 0.1 and 1e-5).
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"``, ``"cuda"``, or None for the default.
 
@@ -253,15 +256,13 @@ def fusion_block(
     one dtype and device; inside ``torch.autocast`` the block runs in the parameters' dtype
     (fp32, like ``batch_norm``): ``feat`` and ``image`` are cast up first.
     """
-    params = (map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias, bn1_running_mean,
-              bn1_running_var, conv2_weight, conv2_bias, bn2_weight, bn2_bias, bn2_running_mean,
-              bn2_running_var, conv3_weight, conv3_bias)  # fmt: skip
-    if isinstance(feat, Tensor) and isinstance(image, Tensor) and isinstance(map_weight, Tensor) and (
-        autocast_dtype(feat.device.type) is not None
-    ):  # fp32 policy (ops/_autocast.py): feat and image go to the parameters' dtype; checks run inside
+    if (isinstance(feat, Tensor) and isinstance(image, Tensor) and isinstance(params, FusionBlockParams)
+            and isinstance(params.map_weight, Tensor) and autocast_dtype(feat.device.type) is not None):
+        # fp32 policy (ops/_autocast.py): feat and image go to the parameters' dtype; checks run inside
+        dtype = params.map_weight.dtype
         with torch.autocast(feat.device.type, enabled=False):
-            return fusion_block(feat.to(map_weight.dtype), image.to(map_weight.dtype), *params, training,
-                                momentum, eps, backend=backend)
+            return fusion_block(feat.to(dtype), image.to(dtype), params, training=training, momentum=momentum,
+                                eps=eps, backend=backend)
     _validate(feat, image, params, training)
     impl = _registry.resolve(backend, feat.device, feat.dtype)
     return impl.run(feat, image, params, training, momentum, eps)

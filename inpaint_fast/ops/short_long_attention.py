@@ -3,7 +3,7 @@
 One file per op, in the same order everywhere: input checks → the compiled op's fake kernel and
 autograd → the backend implementations → the public function.
 
-The compiled op ``inpaint_fast::short_long_attention_fwd/_bwd`` (schemas in csrc/ops.cpp,
+The compiled op ``inpaint_fast::short_long_attention_fwd/_bwd`` (schemas in inpaint_fast/ops/schemas.inc,
 kernels in csrc/cpu/ and csrc/cuda/) returns the un-gated attention outputs ``sa = x Aᵀ`` and
 ``ca = pre Aᵀ`` and the row log-sum-exp next to ``y`` and ``cf``: PIC starts ``gamma`` and
 ``alpha`` at 0, so the backward could not recover them from ``y`` and ``cf``; keeping them costs
@@ -19,7 +19,8 @@ from torch import Tensor
 
 from .. import reference
 from ._autocast import autocast_dtype
-from ._registration import register_backends, stat_dtype
+from ..dtypes import accumulate_dtype
+from ._registration import register_backends
 from ._validation import (
     check_same_device,
     check_same_dtype,
@@ -37,7 +38,8 @@ OP = "short_long_attention"
 # ---------------------------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------------------------
-def _validate(q, x, gamma, pre, mask, alpha, scale) -> None:
+def _validate(q, x, gamma, pre, mask, alpha, scale, *, values: bool = True) -> None:
+    """Every check of a call; ``values=False`` leaves out the data checks (no device sync)."""
     check_tensor(OP, "x", x, 4, "(B, C, H, W)")
     B, C, H, W = x.shape
     check_tensor(OP, "q", q, 4, "(B, Cq, H, W)")
@@ -70,7 +72,30 @@ def _validate(q, x, gamma, pre, mask, alpha, scale) -> None:
         check_scalar(OP, "alpha", alpha)
     check_same_dtype(OP, "x", x, q=q, pre=pre)
     check_same_device(OP, "x", x, q=q, gamma=gamma, pre=pre, mask=mask, alpha=alpha)
-    check_values(OP, finite={"q": q, "gamma": gamma, "alpha": alpha}, unit_range={"mask": mask})
+    if values:
+        check_values(OP, finite={"q": q, "gamma": gamma, "alpha": alpha}, unit_range={"mask": mask})
+
+
+def _check_fwd_args(q, x, gamma, pre, mask, alpha, scale) -> None:
+    """The structural checks of a direct call of a kernel backend's forward op."""
+    _validate(q, x, gamma, pre, mask, alpha, scale, values=False)
+
+
+def _check_bwd_args(grad_y, grad_cf, q, x, gamma, pre, mask, alpha, sa, ca, lse, scale) -> None:
+    """The structural checks of a direct call of a kernel backend's backward op: the forward's
+    inputs, and the gradients and saved tensors in the forward outputs' shapes and devices."""
+    _validate(q, x, gamma, pre, mask, alpha, scale, values=False)
+    B, C, H, W = x.shape
+    cp = (B, pre.shape[1], H, W) if pre is not None else (0,)
+    layout_cp = "(B, Cp, H, W)" if pre is not None else "(0,) without `pre`"
+    for name, t, shape, layout in (("grad_y", grad_y, (B, C, H, W), "(B, C, H, W)"),
+                                   ("sa", sa, (B, C, H, W), "(B, C, H, W)"),
+                                   ("grad_cf", grad_cf, cp, layout_cp), ("ca", ca, cp, layout_cp),
+                                   ("lse", lse, (B, H, W), "(B, H, W)")):  # fmt: skip
+        check_tensor(OP, name, t, len(shape), layout)
+        check_shape(OP, name, t, shape, layout)
+    check_same_dtype(OP, "x", x, grad_y=grad_y, sa=sa)
+    check_same_device(OP, "x", x, grad_y=grad_y, grad_cf=grad_cf, sa=sa, ca=ca, lse=lse)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +106,7 @@ def _validate(q, x, gamma, pre, mask, alpha, scale) -> None:
 def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
     """Fake kernels and the autograd formula of one forward/backward op pair.
 
-    Every backend's ops share one schema (csrc/ops.cpp), so they share these registrations too.
+    Every backend's ops share one schema (inpaint_fast/ops/schemas.inc), so they share these registrations too.
     """
     bwd_op = getattr(torch.ops.inpaint_fast, bwd_name).default
 
@@ -95,7 +120,7 @@ def _register_fake_and_autograd(fwd_name: str, bwd_name: str) -> None:
         else:
             cf = pre.new_empty((B, pre.shape[1], H, W))
             ca = pre.new_empty((B, pre.shape[1], H, W))
-        lse = x.new_empty((B, H, W), dtype=stat_dtype(x.dtype))
+        lse = x.new_empty((B, H, W), dtype=accumulate_dtype(x.dtype))
         return y, cf, sa, ca, lse
 
     @torch.library.register_fake(f"inpaint_fast::{bwd_name}")
@@ -149,7 +174,8 @@ def _op_runner(fwd_name: str):
     return run
 
 
-_registry = register_backends(OP, reference.short_long_attention, _op_runner, _register_fake_and_autograd)
+_registry = register_backends(OP, reference.short_long_attention, _op_runner, _register_fake_and_autograd,
+                              check_fwd_args=_check_fwd_args, check_bwd_args=_check_bwd_args)
 
 
 # ---------------------------------------------------------------------------------------------

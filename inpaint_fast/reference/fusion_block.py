@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..fusion_block_params import FusionBlockParams
+
 __all__ = ["fusion_block", "resize_like"]
 
 LEAKY_SLOPE = 0.2
@@ -33,22 +35,8 @@ def resize_like(image: Tensor, size: Tuple[int, int]) -> Tensor:
 def fusion_block(
     feat: Tensor,
     image: Tensor,
-    map_weight: Tensor,
-    map_bias: Tensor,
-    conv1_weight: Tensor,
-    conv1_bias: Tensor,
-    bn1_weight: Tensor,
-    bn1_bias: Tensor,
-    bn1_running_mean: Tensor,
-    bn1_running_var: Tensor,
-    conv2_weight: Tensor,
-    conv2_bias: Tensor,
-    bn2_weight: Tensor,
-    bn2_bias: Tensor,
-    bn2_running_mean: Tensor,
-    bn2_running_var: Tensor,
-    conv3_weight: Tensor,
-    conv3_bias: Tensor,
+    params: FusionBlockParams,
+    *,
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
@@ -58,27 +46,24 @@ def fusion_block(
     Args:
         feat: (B, c, h, w) decoder feature F_k.
         image: (B, 3, H, W) image with holes at full resolution.
-        map_weight, map_bias: (3, c, 1, 1), (3,) — ``map2img.0.conv``.
-        conv1_weight, conv1_bias: (Cm, 6, 1, 1), (Cm,) — ``blend.blend.0.conv`` (Cm = 32).
-        bn1_*: (Cm,) — ``blend.blend.1`` (weight, bias, running_mean, running_var).
-        conv2_weight, conv2_bias: (A, Cm, 3, 3), (A,) — ``blend.blend.3.conv`` (A = c_alpha).
-        bn2_*: (A,) — ``blend.blend.4``.
-        conv3_weight, conv3_bias: (A, A, 1, 1), (A,) — ``blend.blend.6.conv``.
+        params: the block's weights and BatchNorm tensors (:class:`inpaint_fast.FusionBlockParams`:
+            DFNet's ``map2img.0.conv`` and ``blend.blend.{0,1,3,4,6}``, Cm = 32, A = c_alpha).
         training: batch statistics (and running-stat updates, in place) if True.
         momentum, eps: BatchNorm's.
 
     Returns:
         ``(out, alpha, raw)``: Y (B, 3, h, w), α (B, A, h, w), R (B, 3, h, w).
     """
+    p = params
     x_k = resize_like(image, feat.shape[-2:])
-    raw = torch.sigmoid(F.conv2d(feat, map_weight, map_bias))
+    raw = torch.sigmoid(F.conv2d(feat, p.map_weight, p.map_bias))
     z = torch.cat([x_k, raw], dim=1)
-    h = F.conv2d(z, conv1_weight, conv1_bias)
-    h = F.batch_norm(h, bn1_running_mean, bn1_running_var, bn1_weight, bn1_bias, training, momentum, eps)
+    h = F.conv2d(z, p.conv1_weight, p.conv1_bias)
+    h = F.batch_norm(h, p.bn1_running_mean, p.bn1_running_var, p.bn1_weight, p.bn1_bias, training, momentum, eps)
     h = F.leaky_relu(h, LEAKY_SLOPE)
-    h = F.conv2d(h, conv2_weight, conv2_bias, padding=1)
-    h = F.batch_norm(h, bn2_running_mean, bn2_running_var, bn2_weight, bn2_bias, training, momentum, eps)
+    h = F.conv2d(h, p.conv2_weight, p.conv2_bias, padding=1)
+    h = F.batch_norm(h, p.bn2_running_mean, p.bn2_running_var, p.bn2_weight, p.bn2_bias, training, momentum, eps)
     h = F.leaky_relu(h, LEAKY_SLOPE)
-    alpha = torch.sigmoid(F.conv2d(h, conv3_weight, conv3_bias))
+    alpha = torch.sigmoid(F.conv2d(h, p.conv3_weight, p.conv3_bias))
     out = alpha * raw + (1 - alpha) * x_k
     return out, alpha, raw

@@ -4,12 +4,28 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <iostream>
+#include <optional>
 #include <string>
 #include <tuple>
 
 namespace {
 
 int failures = 0;
+
+// The signatures of inpaint_fast::short_long_attention_fwd and inpaint_fast::fusion_block_fwd.
+using AttentionFwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double);
+using FusionFwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    bool, double);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
 
 void expect_close(const std::string& what, const at::Tensor& got, const at::Tensor& want, double tol) {
   const bool same_shape = got.sizes() == want.sizes();
@@ -24,10 +40,7 @@ void expect_close(const std::string& what, const at::Tensor& got, const at::Tens
 }
 
 void test_short_long_attention() {
-  using Fwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double);
-  auto op = c10::Dispatcher::singleton().findSchemaOrThrow("inpaint_fast::short_long_attention_fwd", "").typed<Fwd>();
+  auto op = find_op<AttentionFwd>("inpaint_fast::short_long_attention_fwd");
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   const int64_t B = 2, Cq = 3, C = 5, Cp = 6, H = 7, W = 9, N = H * W;
   at::Tensor q = at::randn({B, Cq, H, W}, opts), x = at::randn({B, C, H, W}, opts);
@@ -47,12 +60,7 @@ void test_short_long_attention() {
 }
 
 void test_fusion_block_eval() {
-  using Fwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, double);
-  auto op = c10::Dispatcher::singleton().findSchemaOrThrow("inpaint_fast::fusion_block_fwd", "").typed<Fwd>();
+  auto op = find_op<FusionFwd>("inpaint_fast::fusion_block_fwd");
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   const int64_t B = 2, c = 5, h = 6, w = 7, Cm = 32, A = 3;
   at::Tensor feat = at::randn({B, c, h, w}, opts), image = at::rand({B, 3, 2 * h, 2 * w}, opts);
@@ -79,12 +87,65 @@ void test_fusion_block_eval() {
   expect_close("fusion_block raw", std::get<2>(outs), raw, 1e-10);
 }
 
+// Calls fn, which must throw a c10::Error whose message contains `want`.
+template <typename Fn>
+void expect_error(const std::string& what, const std::string& want, Fn&& fn) {
+  try {
+    fn();
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    if (msg.find(want) != std::string::npos) {
+      std::cout << "ok   " << what << " (" << msg.substr(0, msg.find('\n')) << ")\n";
+    } else {
+      ++failures;
+      std::cerr << "FAIL " << what << ": message\n  " << msg << "\nlacks\n  " << want << "\n";
+    }
+    return;
+  }
+  ++failures;
+  std::cerr << "FAIL " << what << ": no error\n";
+}
+
+// The input checks (csrc/checks.h) name the op, the argument, what was expected and what was got.
+void test_check_messages() {
+  auto fusion = find_op<FusionFwd>("inpaint_fast::fusion_block_fwd");
+  const int64_t Cm = 32, A = 1;
+  at::Tensor feat = at::randn({2, 5, 4, 6}), image = at::rand({2, 3, 8, 12});
+  at::Tensor mw = at::randn({3, 5, 1, 1}), mb = at::randn({3}), w1 = at::randn({Cm, 6, 1, 1}), v1 = at::ones({Cm});
+  at::Tensor w2 = at::randn({A, Cm, 3, 3}), v2 = at::ones({A}), w3 = at::randn({A, A, 1, 1});
+  auto call = [&](const at::Tensor& f, const at::Tensor& conv1_weight, const at::Tensor& bn2_var, bool training) {
+    const at::Tensor img = f.size(0) == image.size(0) ? image : at::rand({f.size(0), 3, 2, 2});
+    fusion.call(f, img, mw, mb, conv1_weight, v1, v1, v1, v1, v1, w2, v2, v2, v2, v2, bn2_var, w3, v2, training,
+                1e-5);
+  };
+  expect_error("fusion_block conv1_weight shape",
+               "fusion_block_fwd: `conv1_weight` must have shape (Cm, 6, 1, 1) = (*, 6, 1, 1), got [32, 5, 1, 1]",
+               [&] { call(feat, at::randn({Cm, 5, 1, 1}), v2, false); });
+  expect_error("fusion_block bn2 statistics",
+               "fusion_block_fwd: `bn2_running_var` must have A = 1 elements, got shape [2]",
+               [&] { call(feat, w1, at::ones({2}), false); });
+  expect_error("fusion_block dtype", "fusion_block_fwd: `feat` has dtype float16; the CPU kernels support",
+               [&] { call(feat.to(at::kHalf), w1, v2, false); });
+  expect_error("fusion_block training batch", "got B * h * w = 1",
+               [&] { call(at::randn({1, 5, 1, 1}), w1, v2, true); });
+
+  auto attn = find_op<AttentionFwd>("inpaint_fast::short_long_attention_fwd");
+  at::Tensor x = at::randn({2, 6, 4, 5}), gamma = at::full({1}, 0.5);
+  expect_error("attention q shape",
+               "short_long_attention_fwd: `q` must have shape (B, Cq, H, W) = (2, *, 4, 5) (batch and spatial sizes "
+               "of `x`), got [2, 3, 4, 6]",
+               [&] { attn.call(at::randn({2, 3, 4, 6}), x, gamma, {}, {}, {}, 1.0); });
+  expect_error("attention gates", "`pre`, `mask` and `alpha` must be given together or not at all",
+               [&] { attn.call(at::randn({2, 3, 4, 5}), x, gamma, at::randn({2, 2, 4, 5}), {}, {}, 1.0); });
+}
+
 }  // namespace
 
 int main() {
   at::manual_seed(0);
   test_short_long_attention();
   test_fusion_block_eval();
+  test_check_messages();
   if (failures) {
     std::cerr << failures << " check(s) failed\n";
     return 1;

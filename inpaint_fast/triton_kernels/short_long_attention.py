@@ -1,6 +1,6 @@
 """short_long_attention in Triton: flash-style forward and backward of PIC's attention.
 
-Launchers with exactly the contract of the compiled ops (csrc/ops.cpp, docs/short_long_attention.md):
+Launchers with exactly the contract of the compiled ops (inpaint_fast/ops/schemas.inc, docs/short_long_attention.md):
 
     short_long_attention_fwd(q, x, gamma, pre, mask, alpha, scale) -> (y, cf, sa, ca, lse)
     short_long_attention_bwd(grad_y, grad_cf, q, x, gamma, pre, mask, alpha, sa, ca, lse, scale)
@@ -31,7 +31,7 @@ Kernels (all read NCHW tensors through their strides; position n = h·W + w):
   so the KEY_SIDE launch is skipped.
 
 Precision: fp32 follows PyTorch's float32 matmul setting for CUDA (either API; see
-``inpaint_fast.triton.fp32_matmul_allows_tf32``): TF32 allowed → ``tf32`` dots, the default
+``inpaint_fast.triton_kernels.fp32_matmul_allows_tf32``): TF32 allowed → ``tf32`` dots, the default
 ("highest") → ``tf32x3`` (3xTF32, about fp32 accuracy on tensor cores; see ``_precision``);
 fp16/bf16 multiply in their dtype and accumulate in fp32; fp64 computes in fp64 (meant for the
 interpreter's gradcheck). Under ``TRITON_INTERPRET=1`` a single small tile is used so CPU tests stay
@@ -45,7 +45,6 @@ larger inputs up front (``_check_index_range``) instead of reading out of bounds
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Optional, Tuple
 
@@ -54,13 +53,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import autotune_enabled, check_index_range, fp32_matmul_allows_tf32
+from . import autotune_enabled, check_index_range, fp32_matmul_allows_tf32, interpreter_mode
+from ._dtypes import accumulator
 
 __all__ = ["short_long_attention_fwd", "short_long_attention_bwd"]
 
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRET = interpreter_mode()
 # Widest value-channel chunk one program holds (accumulators are BLOCK × BLOCK_V per stream).
 MAX_BLOCK_V = 128
 # Row block of the preprocessing kernel (its partial-sum buffers are sized from it), and its
@@ -154,7 +154,7 @@ def operand_class(dtype: torch.dtype, prec: str) -> str:
 
 def target_family() -> int:
     """90 for sm_90 and newer, else 80: which TILES apply, from the target Triton compiles for
-    (its active driver's, so the offline compile of inpaint_fast.triton.aot is asked too)."""
+    (its active driver's, so the offline compile of inpaint_fast.triton_kernels.aot is asked too)."""
     from triton.runtime.driver import driver
 
     return 90 if driver.active.get_current_target().arch >= 90 else 80
@@ -653,10 +653,6 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"  # Triton's default; ignored for half-precision operands
 
 
-def _acc(dtype: torch.dtype):
-    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
-
-
 def _gates(gamma: Tensor, alpha: Optional[Tensor], dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
     """(gamma, alpha) in the accumulator dtype of ``dtype`` features (alpha := gamma without pre),
     so the kernels see one gate type whatever the caller passed (fp32 gates next to bf16 features,
@@ -665,7 +661,7 @@ def _gates(gamma: Tensor, alpha: Optional[Tensor], dtype: torch.dtype) -> Tuple[
     differently (PIC's fused bf16 dK/dV tile: 192 registers with bf16 gates, 255 + 152 B of spills
     with fp32 ones): one type keeps the compile check's resource report true for every caller and
     halves the kernels to compile and cache."""
-    acc = _acc(dtype)[1]
+    acc = accumulator(dtype)[0]
     gamma = gamma.to(acc)
     return gamma, (alpha.to(acc) if alpha is not None else gamma)
 
@@ -688,14 +684,14 @@ def short_long_attention_fwd(
     alpha: Optional[Tensor],
     scale: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Forward: (y, cf, sa, ca, lse); cf and ca are (0,) without ``pre`` (contract: csrc/ops.cpp)."""
+    """Forward: (y, cf, sa, ca, lse); cf and ca are (0,) without ``pre`` (contract: inpaint_fast/ops/schemas.inc)."""
     check_index_range("short_long_attention", q=q, x=x, pre=pre, mask=mask)
     _check_batch(x)
     B, C, H, W = x.shape
     N = H * W
     has_pre = pre is not None
     Cp = pre.shape[1] if has_pre else 0
-    acc_tl, acc_torch = _acc(x.dtype)
+    acc_torch, acc_tl = accumulator(x.dtype)
     y = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)
     sa = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)
     if has_pre:
@@ -745,7 +741,7 @@ def short_long_attention_bwd(
     scale: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Backward: (grad_q, grad_x, grad_gamma, grad_pre, grad_mask, grad_alpha); the last three are
-    (0,) without ``pre`` (contract: csrc/ops.cpp). Deterministic: no atomics anywhere."""
+    (0,) without ``pre`` (contract: inpaint_fast/ops/schemas.inc). Deterministic: no atomics anywhere."""
     check_index_range("short_long_attention", q=q, x=x, pre=pre, mask=mask, grad_y=grad_y,
                       grad_cf=grad_cf if pre is not None else None)
     _check_batch(x)
@@ -754,7 +750,7 @@ def short_long_attention_bwd(
     Cq = q.shape[1]
     has_pre = pre is not None
     Cp = pre.shape[1] if has_pre else 0
-    acc_tl, acc_torch = _acc(x.dtype)
+    acc_torch, acc_tl = accumulator(x.dtype)
     dev = x.device
     grad_q = torch.empty((B, Cq, H, W), dtype=q.dtype, device=dev)
     grad_x = torch.empty((B, C, H, W), dtype=x.dtype, device=dev)

@@ -1,10 +1,9 @@
 """fusion_block in Triton: DFNet's fusion block, forward and backward, BatchNorm train and eval.
 
-Launchers with exactly the contract of the compiled ops (csrc/ops.cpp, docs/fusion_block.md):
+Launchers with the compiled ops' contract (inpaint_fast/ops/schemas.inc; params: FusionBlockParams):
 
-    fusion_block_fwd(feat, image, <16 params>, training, eps)
-        -> (out, alpha, raw, bn1_mean, bn1_var, bn2_mean, bn2_var)
-    fusion_block_bwd(grad_out, grad_alpha, grad_raw, feat, image, <params, bn stats>, training, eps)
+    fusion_block_fwd(feat, image, *params, training, eps) -> (out, alpha, raw, bn1_mean, bn1_var, bn2_mean, bn2_var)
+    fusion_block_bwd(grad_out, grad_alpha, grad_raw, feat, image, *params_with_bn_stats, training, eps)
         -> (grad_feat, grad_image_resized, grad_map_weight, ..., grad_conv3_bias)
 
 Math per pixel (A = c_alpha ∈ {1, 3}, Cm = conv1's channels, LeakyReLU slope 0.2):
@@ -54,7 +53,6 @@ counts for sm_90: no spills in fp32); small under ``TRITON_INTERPRET=1`` so CI s
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Tuple
 
 import torch
@@ -62,11 +60,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import check_index_range
+from . import check_index_range, interpreter_mode
+from ..fusion_block_params import PARAM_NAMES, TRAINABLE, FusionBlockParams
+from ._dtypes import accumulator
+from .fusion_block_host import combine_stats, fold_bn1, invstd, pack_w1, w2_taps
 
 __all__ = ["fusion_block_fwd", "fusion_block_bwd"]
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRET = interpreter_mode()
 
 # Pixel tile (rows × cols) of the halo-free kernels; lane grid of the fused eval kernel (its
 # output tile is (GH − 2) × (GW − 2)); feature-channel chunk of the c → 3 map conv.
@@ -94,6 +95,33 @@ def _ld(ptr, mask, CT: tl.constexpr):
 @triton.jit
 def _lds(ptr, CT: tl.constexpr):
     return tl.load(ptr).to(CT)
+
+
+@triton.jit
+def _ld3(p, s_c, ok, CT: tl.constexpr):
+    """Three channels at p, p + s_c, p + 2·s_c (0 where not ok)."""
+    return _ld(p, ok, CT), _ld(p + s_c, ok, CT), _ld(p + 2 * s_c, ok, CT)
+
+
+@triton.jit
+def _st3(p, s_c, v0, v1, v2, ok):
+    tl.store(p, v0, mask=ok)
+    tl.store(p + s_c, v1, mask=ok)
+    tl.store(p + 2 * s_c, v2, mask=ok)
+
+
+@triton.jit
+def _ld6(p, s_c, ok, CT: tl.constexpr):
+    """The six inputs [Xk, R] of the blend block at p + c·s_c (0 where not ok)."""
+    x0, x1, x2 = _ld3(p, s_c, ok, CT)
+    r0, r1, r2 = _ld3(p + 3 * s_c, s_c, ok, CT)
+    return x0, x1, x2, r0, r1, r2
+
+
+@triton.jit
+def _st6(p, s_c, x0, x1, x2, r0, r1, r2, ok):
+    _st3(p, s_c, x0, x1, x2, ok)
+    _st3(p + 3 * s_c, s_c, r0, r1, r2, ok)
 
 
 @triton.jit
@@ -228,7 +256,7 @@ def _conv2_taps(src, s_c, s_y, s_x, sy, sx, py, px, active, h, w, w1p, w2, CM,
     The 6 inputs [Xk, R] of neighbour (py + dy, px + dx) are read at
     src + c·s_c + (sy + dy)·s_y + (sx + dx)·s_x and its Cm-channel a1 = lrelu(W1f·[Xk, R] + b1f)
     is recomputed from them (W1f, b1f: conv1 with BN1 folded in, packed twice in w1p, see
-    _pack_w1; a1 = 0 off the image, the conv's zero padding).
+    fusion_block_host.pack_w1; a1 = 0 off the image, the conv's zero padding).
     """
     cm = tl.arange(0, CMP)
     cmm = cm < CM
@@ -241,13 +269,7 @@ def _conv2_taps(src, s_c, s_y, s_x, sy, sx, py, px, active, h, w, w1p, w2, CM,
         ny = py + dy
         nx = px + dx
         ok = active & (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-        p = src + (sy + dy) * s_y + (sx + dx) * s_x
-        x0 = tl.load(p, mask=ok, other=0.0).to(CT)
-        x1 = tl.load(p + s_c, mask=ok, other=0.0).to(CT)
-        x2 = tl.load(p + 2 * s_c, mask=ok, other=0.0).to(CT)
-        r0 = tl.load(p + 3 * s_c, mask=ok, other=0.0).to(CT)
-        r1 = tl.load(p + 4 * s_c, mask=ok, other=0.0).to(CT)
-        r2 = tl.load(p + 5 * s_c, mask=ok, other=0.0).to(CT)
+        x0, x1, x2, r0, r1, r2 = _ld6(src + (sy + dy) * s_y + (sx + dx) * s_x, s_c, ok, CT)
         # One pixel per thread: a Cm-vector held across the loop costs Cm registers in every
         # thread, so the uniform weights are re-read per tap (L1 hits) from alternating copies,
         # which keeps the compiler from hoisting them out of the loop.
@@ -270,12 +292,39 @@ def _bn2_ch(z, a: tl.constexpr, b2, mu2, is2, g2, be2, CT: tl.constexpr):
 
 
 @triton.jit
+def _bn2_lrelu(c0, c1, c2, b2, mu2, is2, g2, be2, A: tl.constexpr, CT: tl.constexpr):
+    """BN2 and LeakyReLU of the three conv2 accumulators: per channel z2 (= conv + b2), n2, y2 and
+    v2 = lrelu(y2). For A = 1 the unused channels 1, 2 repeat channel 0's parameters."""
+    zz0, n0, y0 = _bn2_ch(c0, 0, b2, mu2, is2, g2, be2, CT)
+    zz1, n1, y1 = _bn2_ch(c1, 1 * (A // 3), b2, mu2, is2, g2, be2, CT)
+    zz2, n2, y2 = _bn2_ch(c2, 2 * (A // 3), b2, mu2, is2, g2, be2, CT)
+    return zz0, zz1, zz2, n0, n1, n2, y0, y1, y2, _lrelu(y0), _lrelu(y1), _lrelu(y2)
+
+
+@triton.jit
 def _conv3_row(v0, v1, v2, w3, b3, a: tl.constexpr, A: tl.constexpr, CT: tl.constexpr):
     """Row a of the A×A 1×1 conv: b3[a] + Σ_b W3[a, b]·v_b."""
     s = _lds(b3 + a, CT) + v0 * _lds(w3 + a * A, CT)
     if A == 3:
         s = s + v1 * _lds(w3 + a * A + 1, CT) + v2 * _lds(w3 + a * A + 2, CT)
     return s
+
+
+@triton.jit
+def _alpha(v0, v1, v2, w3, b3, A: tl.constexpr, CT: tl.constexpr):
+    """α = σ(s), s = conv3(v2), per colour: (s, α, 1 − α) × 3. For A = 1 one α serves all
+    three colours (channels 1, 2 repeat channel 0)."""
+    s0 = _conv3_row(v0, v1, v2, w3, b3, 0, A, CT)
+    al0, om0 = _sigmoid_pair(s0)
+    if A == 3:
+        s1 = _conv3_row(v0, v1, v2, w3, b3, 1, A, CT)
+        s2 = _conv3_row(v0, v1, v2, w3, b3, 2, A, CT)
+        al1, om1 = _sigmoid_pair(s1)
+        al2, om2 = _sigmoid_pair(s2)
+    else:
+        s1, al1, om1 = s0, al0, om0
+        s2, al2, om2 = s0, al0, om0
+    return s0, s1, s2, al0, al1, al2, om0, om1, om2
 
 
 @triton.jit
@@ -332,18 +381,9 @@ def _map_kernel(
     r0, r1, r2 = _map_conv(feat + b * s_fb, s_fc, py * s_fh + px * s_fw, active, map_w, map_b, C, TH * TW, CC, CT)
     hw = h * w
     pix = py * w + px
-    wp = in_ws + b * (6 * hw) + pix
-    tl.store(wp, x0, mask=active)
-    tl.store(wp + hw, x1, mask=active)
-    tl.store(wp + 2 * hw, x2, mask=active)
-    tl.store(wp + 3 * hw, r0, mask=active)
-    tl.store(wp + 4 * hw, r1, mask=active)
-    tl.store(wp + 5 * hw, r2, mask=active)
+    _st6(in_ws + b * (6 * hw) + pix, hw, x0, x1, x2, r0, r1, r2, active)
     if STORE_R:
-        rp = raw_out + b * (3 * hw) + pix
-        tl.store(rp, r0, mask=active)
-        tl.store(rp + hw, r1, mask=active)
-        tl.store(rp + 2 * hw, r2, mask=active)
+        _st3(raw_out + b * (3 * hw) + pix, hw, r0, r1, r2, active)
     if STATS:
         cm = tl.arange(0, CMP)
         bias, wc0, wc1, wc2, wc3, wc4, wc5 = _w1_cols(w1p, cm, cm < CM, CM, CT)
@@ -385,29 +425,16 @@ def _fwd_kernel(
         x0, x1, x2 = _resize_at(img + b * s_ib, s_ic, s_ih, s_iw, py, px, inimg, H, W, h, w, CT)
         r0, r1, r2 = _map_conv(feat + b * s_fb, s_fc, py * s_fh + px * s_fw, inimg, map_w, map_b, C, BLOCK, CC, CT)
         src = scratch + pid.to(tl.int64) * (6 * BLOCK)
-        tl.store(src + lane, x0)
-        tl.store(src + BLOCK + lane, x1)
-        tl.store(src + 2 * BLOCK + lane, x2)
-        tl.store(src + 3 * BLOCK + lane, r0)
-        tl.store(src + 4 * BLOCK + lane, r1)
-        tl.store(src + 5 * BLOCK + lane, r2)
+        _st6(src + lane, BLOCK, x0, x1, x2, r0, r1, r2, None)
         tl.debug_barrier()  # the taps read what other threads of this program just wrote
         c0, c1, c2 = _conv2_taps(src + lane, BLOCK, GW, 1, 0, 0, py, px, active, h, w,
                                  w1p, w2, CM, A, BLOCK, CMP, CT)  # fmt: skip
     else:
         src = in_ws + b * (6 * hw) + pix
-        x0 = tl.load(src, mask=active, other=0.0)
-        x1 = tl.load(src + hw, mask=active, other=0.0)
-        x2 = tl.load(src + 2 * hw, mask=active, other=0.0)
-        r0 = tl.load(src + 3 * hw, mask=active, other=0.0)
-        r1 = tl.load(src + 4 * hw, mask=active, other=0.0)
-        r2 = tl.load(src + 5 * hw, mask=active, other=0.0)
+        x0, x1, x2, r0, r1, r2 = _ld6(src, hw, active, CT)
         c0, c1, c2 = _conv2_taps(src, hw, w, 1, 0, 0, py, px, active, h, w,
                                  w1p, w2, CM, A, BLOCK, CMP, CT)  # fmt: skip
-    # channel min(a, A − 1): for A = 1 the unused channels 1, 2 repeat channel 0's parameters
-    zz0, n0, y0 = _bn2_ch(c0, 0, b2, mu2, is2, g2, be2, CT)
-    zz1, n1, y1 = _bn2_ch(c1, 1 * (A // 3), b2, mu2, is2, g2, be2, CT)
-    zz2, n2, y2 = _bn2_ch(c2, 2 * (A // 3), b2, mu2, is2, g2, be2, CT)
+    zz0, zz1, zz2, n0, n1, n2, y0, y1, y2, v0, v1, v2 = _bn2_lrelu(c0, c1, c2, b2, mu2, is2, g2, be2, A, CT)
     if STATS:
         cnt = tl.sum(active.to(CT), axis=0)
         pp = part + pid * (1 + 2 * A)
@@ -423,29 +450,15 @@ def _fwd_kernel(
             tl.store(pp + 3, m)
             tl.store(pp + 6, m2)
     else:
-        v0 = _lrelu(y0)
-        v1 = _lrelu(y1)
-        v2 = _lrelu(y2)
-        al0, om0 = _sigmoid_pair(_conv3_row(v0, v1, v2, w3, b3, 0, A, CT))
+        _s0, _s1, _s2, al0, al1, al2, om0, om1, om2 = _alpha(v0, v1, v2, w3, b3, A, CT)
         ab = alpha + b * (A * hw) + pix
-        tl.store(ab, al0, mask=active)
         if A == 3:
-            al1, om1 = _sigmoid_pair(_conv3_row(v0, v1, v2, w3, b3, 1, A, CT))
-            al2, om2 = _sigmoid_pair(_conv3_row(v0, v1, v2, w3, b3, 2, A, CT))
-            tl.store(ab + hw, al1, mask=active)
-            tl.store(ab + 2 * hw, al2, mask=active)
+            _st3(ab, hw, al0, al1, al2, active)
         else:
-            al1, om1 = al0, om0
-            al2, om2 = al0, om0
-        ob = out + b * (3 * hw) + pix
-        tl.store(ob, al0 * r0 + om0 * x0, mask=active)
-        tl.store(ob + hw, al1 * r1 + om1 * x1, mask=active)
-        tl.store(ob + 2 * hw, al2 * r2 + om2 * x2, mask=active)
+            tl.store(ab, al0, mask=active)
+        _st3(out + b * (3 * hw) + pix, hw, al0 * r0 + om0 * x0, al1 * r1 + om1 * x1, al2 * r2 + om2 * x2, active)
         if FUSED:
-            rb = raw_out + b * (3 * hw) + pix
-            tl.store(rb, r0, mask=active)
-            tl.store(rb + hw, r1, mask=active)
-            tl.store(rb + 2 * hw, r2, mask=active)
+            _st3(raw_out + b * (3 * hw) + pix, hw, r0, r1, r2, active)
 
 
 @triton.jit(do_not_specialize=_SIZES)
@@ -467,34 +480,16 @@ def _bwd_alpha_kernel(
     hw = h * w
     pix = py * w + px
     src = in_ws + b * (6 * hw) + pix
-    x0 = tl.load(src, mask=active, other=0.0)
-    x1 = tl.load(src + hw, mask=active, other=0.0)
-    x2 = tl.load(src + 2 * hw, mask=active, other=0.0)
-    r0 = tl.load(src + 3 * hw, mask=active, other=0.0)
-    r1 = tl.load(src + 4 * hw, mask=active, other=0.0)
-    r2 = tl.load(src + 5 * hw, mask=active, other=0.0)
+    x0, x1, x2, r0, r1, r2 = _ld6(src, hw, active, CT)
     c0, c1, c2 = _conv2_taps(src, hw, w, 1, 0, 0, py, px, active, h, w,
                              w1p, w2, CM, A, BLOCK, CMP, CT)  # fmt: skip
-    zz0, n0, y0 = _bn2_ch(c0, 0, b2, mu2, is2, g2, be2, CT)
-    zz1, n1, y1 = _bn2_ch(c1, 1 * (A // 3), b2, mu2, is2, g2, be2, CT)
-    zz2, n2, y2 = _bn2_ch(c2, 2 * (A // 3), b2, mu2, is2, g2, be2, CT)
-    v0 = _lrelu(y0)
-    v1 = _lrelu(y1)
-    v2 = _lrelu(y2)
-    gyb = gy + b * s_gb + py * s_gh + px * s_gw
-    gy0 = tl.load(gyb, mask=active, other=0.0).to(CT)
-    gy1 = tl.load(gyb + s_gc, mask=active, other=0.0).to(CT)
-    gy2 = tl.load(gyb + 2 * s_gc, mask=active, other=0.0).to(CT)
+    zz0, zz1, zz2, n0, n1, n2, y0, y1, y2, v0, v1, v2 = _bn2_lrelu(c0, c1, c2, b2, mu2, is2, g2, be2, A, CT)
+    gy0, gy1, gy2 = _ld3(gy + b * s_gb + py * s_gh + px * s_gw, s_gc, active, CT)
     gab = ga + b * s_ab + py * s_ah + px * s_aw
-    s0 = _conv3_row(v0, v1, v2, w3, b3, 0, A, CT)  # conv3 output: α = σ(s)
-    al0, om0 = _sigmoid_pair(s0)
+    s0, s1, s2, al0, al1, al2, om0, om1, om2 = _alpha(v0, v1, v2, w3, b3, A, CT)  # conv3 output: α = σ(s)
     wsb = ws2 + b * (3 * A * hw) + pix
     pp = part + pid * (A * A + 4 * A)
     if A == 3:
-        s1 = _conv3_row(v0, v1, v2, w3, b3, 1, A, CT)
-        s2 = _conv3_row(v0, v1, v2, w3, b3, 2, A, CT)
-        al1, om1 = _sigmoid_pair(s1)
-        al2, om2 = _sigmoid_pair(s2)
         # dα_tot = gα + gY·(R − Xk);  dz3 = dα_tot·α(1 − α)
         d0 = tl.load(gab, mask=active, other=0.0).to(CT) + gy0 * (r0 - x0)
         d1 = tl.load(gab + s_ac, mask=active, other=0.0).to(CT) + gy1 * (r1 - x1)
@@ -506,15 +501,9 @@ def _bwd_alpha_kernel(
         db0 = _lrelu_grad(y0, dz0 * _lds(w3, CT) + dz1 * _lds(w3 + 3, CT) + dz2 * _lds(w3 + 6, CT))
         db1 = _lrelu_grad(y1, dz0 * _lds(w3 + 1, CT) + dz1 * _lds(w3 + 4, CT) + dz2 * _lds(w3 + 7, CT))
         db2 = _lrelu_grad(y2, dz0 * _lds(w3 + 2, CT) + dz1 * _lds(w3 + 5, CT) + dz2 * _lds(w3 + 8, CT))
-        tl.store(wsb, db0, mask=active)
-        tl.store(wsb + hw, db1, mask=active)
-        tl.store(wsb + 2 * hw, db2, mask=active)
-        tl.store(wsb + 3 * hw, n0, mask=active)
-        tl.store(wsb + 4 * hw, n1, mask=active)
-        tl.store(wsb + 5 * hw, n2, mask=active)
-        tl.store(wsb + 6 * hw, s0, mask=active)
-        tl.store(wsb + 7 * hw, s1, mask=active)
-        tl.store(wsb + 8 * hw, s2, mask=active)
+        _st3(wsb, hw, db0, db1, db2, active)
+        _st3(wsb + 3 * hw, hw, n0, n1, n2, active)
+        _st3(wsb + 6 * hw, hw, s0, s1, s2, active)
         tl.store(pp + 0, tl.sum(dz0, axis=0))
         tl.store(pp + 1, tl.sum(dz1, axis=0))
         tl.store(pp + 2, tl.sum(dz2, axis=0))
@@ -590,12 +579,7 @@ def _bwd_a1_kernel(
         hw = h * w
         pix = py * w + px
         src = in_ws + b * (6 * hw) + pix
-        x0 = tl.load(src, mask=active, other=0.0)
-        x1 = tl.load(src + hw, mask=active, other=0.0)
-        x2 = tl.load(src + 2 * hw, mask=active, other=0.0)
-        r0 = tl.load(src + 3 * hw, mask=active, other=0.0)
-        r1 = tl.load(src + 4 * hw, mask=active, other=0.0)
-        r2 = tl.load(src + 5 * hw, mask=active, other=0.0)
+        x0, x1, x2, r0, r1, r2 = _ld6(src, hw, active, CT)
         # Only y1 (BN1's output) and da1 stay live across the tap loop (one pixel per thread: each
         # Cm-vector held costs Cm registers); a1 = lrelu(y1) is rebuilt per tap, n1 after the loop.
         bias, wc0, wc1, wc2, wc3, wc4, wc5 = _w1_cols(w1p, cm, cmm, CM, CT)
@@ -658,14 +642,8 @@ def _bwd_a1_kernel(
             else:
                 al1, om1 = al0, om0
                 al2, om2 = al0, om0
-            gyb = gy + b * s_gb + py * s_gh + px * s_gw
-            gy0 = tl.load(gyb, mask=active, other=0.0).to(CT)
-            gy1 = tl.load(gyb + s_gc, mask=active, other=0.0).to(CT)
-            gy2 = tl.load(gyb + 2 * s_gc, mask=active, other=0.0).to(CT)
-            gxb = gxk + b * (3 * hw) + pix
-            tl.store(gxb, gy0 * om0 + dx0, mask=active)
-            tl.store(gxb + hw, gy1 * om1 + dx1, mask=active)
-            tl.store(gxb + 2 * hw, gy2 * om2 + dx2, mask=active)
+            gy0, gy1, gy2 = _ld3(gy + b * s_gb + py * s_gh + px * s_gw, s_gc, active, CT)
+            _st3(gxk + b * (3 * hw) + pix, hw, gy0 * om0 + dx0, gy1 * om1 + dx1, gy2 * om2 + dx2, active)
             # dR = gR + gY·α + (W1ᵀdz1)[3:6];  dR' = dR·R(1 − R) (through the sigmoid)
             grb = gr + b * s_rb + py * s_rh + px * s_rw
             d0 = (tl.load(grb, mask=active, other=0.0).to(CT) + gy0 * al0 + dr0) * r0 * (1.0 - r0)
@@ -697,52 +675,23 @@ def _bwd_a1_kernel(
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
-def _compute_dtype(dtype: torch.dtype):
-    """fp32 accumulation (and statistics) for half/bfloat16/fp32 inputs, fp64 for fp64."""
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
 def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-def _combine_stats(part: Tensor, k: int, kp: int, stat_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-    """Per-tile rows (count, mean[kp], M2[kp]) → batch mean and biased variance (Chan's formula, fp64)."""
-    part = part.double()
-    cnt = part[:, :1]
-    mean = part[:, 1 : 1 + k]
-    m2 = part[:, 1 + kp : 1 + kp + k]
-    n = cnt.sum()
-    mu = (cnt * mean).sum(0) / n
-    var = (m2.sum(0) + (cnt * (mean - mu) ** 2).sum(0)) / n
-    return mu.to(stat_dtype), var.to(stat_dtype)
+def _op_args(params_training_eps) -> Tuple[FusionBlockParams, bool, float]:
+    """The op schema's arguments after feat and image: the 16 tensors of FusionBlockParams in
+    order, then training and eps."""
+    if len(params_training_eps) != len(PARAM_NAMES) + 2:
+        raise TypeError(f"fusion_block (triton backend): expected the {len(PARAM_NAMES)} tensors of "
+                        f"FusionBlockParams, training and eps; got {len(params_training_eps)} arguments")
+    *tensors, training, eps = params_training_eps
+    return FusionBlockParams(*tensors), bool(training), float(eps)
 
 
-def _invstd(var: Tensor, eps: float, ct: torch.dtype) -> Tensor:
-    return (1.0 / torch.sqrt(var.to(ct) + eps)).contiguous()
-
-
-def _fold_bn1(w1: Tensor, b1: Tensor, g1: Tensor, be1: Tensor, mean1: Tensor, is1: Tensor, ct: torch.dtype):
-    """conv1 with BN1 folded in, for the 3×3 taps: y1 = W1f·[Xk, R] + b1f = γ·(W1·in + b1 − μ)·invstd + β.
-    Returned packed (_pack_w1), in the compute dtype."""
-    d = torch.float64
-    scale = g1.to(d) * is1.to(d)
-    w1f = w1.reshape(-1, 6).to(d) * scale[:, None]
-    return _pack_w1(w1f.t().to(ct), ((b1.to(d) - mean1.to(d)) * scale + be1.to(d)).to(ct))
-
-
-def _pack_w1(w1t: Tensor, bias: Tensor) -> Tensor:
-    """[W1ᵀ (6, Cm); bias (1, Cm)], twice: (14, Cm). The 3×3 taps read the copy t % 2."""
-    return torch.cat([w1t, bias[None]], dim=0).repeat(2, 1).contiguous()
-
-
-def _w2t(w2: Tensor, ct: torch.dtype) -> Tensor:
-    """W2 (A, Cm, 3, 3) as (A, 9, Cm), contiguous, in the compute dtype: Cm contiguous per tap."""
-    return w2.reshape(w2.shape[0], w2.shape[1], 9).permute(0, 2, 1).to(ct).contiguous()
-
-
-def _params(*ts: Tensor) -> Tuple[Tensor, ...]:
-    return tuple(t.contiguous() for t in ts)
+def _trainable(params: FusionBlockParams) -> Tuple[Tensor, ...]:
+    """The 12 trainable tensors (TRAINABLE's order: the backward's gradients'), contiguous."""
+    return tuple(getattr(params, k).contiguous() for k in TRAINABLE)
 
 
 def _max_programs(t: Tensor) -> int:
@@ -750,7 +699,7 @@ def _max_programs(t: Tensor) -> int:
 
     The count reaches the kernel as its `tpp` argument, whose value (1, a multiple of 16, or
     neither) is part of the compiled specialisation: a kernel cache built for another GPU
-    (inpaint_fast.triton.aot, gpu_run_shapes.SM_COUNT) assumes this SM count."""
+    (inpaint_fast.triton_kernels.aot, gpu_run_shapes.SM_COUNT) assumes this SM count."""
     if t.is_cuda:
         return _PROGRAMS_PER_SM * torch.cuda.get_device_properties(t.device).multi_processor_count
     return _INTERPRET_PROGRAMS
@@ -770,30 +719,9 @@ def _device(t: Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def fusion_block_fwd(
-    feat: Tensor,
-    image: Tensor,
-    map_weight: Tensor,
-    map_bias: Tensor,
-    conv1_weight: Tensor,
-    conv1_bias: Tensor,
-    bn1_weight: Tensor,
-    bn1_bias: Tensor,
-    bn1_running_mean: Tensor,
-    bn1_running_var: Tensor,
-    conv2_weight: Tensor,
-    conv2_bias: Tensor,
-    bn2_weight: Tensor,
-    bn2_bias: Tensor,
-    bn2_running_mean: Tensor,
-    bn2_running_var: Tensor,
-    conv3_weight: Tensor,
-    conv3_bias: Tensor,
-    training: bool,
-    eps: float,
-    fused: bool = True,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Forward of the fusion block (schema ``inpaint_fast::fusion_block_fwd``, csrc/ops.cpp).
+def fusion_block_fwd(feat: Tensor, image: Tensor, *params_training_eps, fused: bool = True) -> Tuple[Tensor, ...]:
+    """Forward of the fusion block (schema ``inpaint_fast::fusion_block_fwd``, inpaint_fast/ops/schemas.inc):
+    ``fusion_block_fwd(feat, image, *FusionBlockParams, training, eps)``.
 
     Returns ``(out, alpha, raw, bn1_mean, bn1_var, bn2_mean, bn2_var)``: Y (B, 3, h, w),
     α (B, A, h, w), R (B, 3, h, w) in feat's dtype (fresh, contiguous) and the statistics BN used
@@ -802,17 +730,15 @@ def fusion_block_fwd(
     (_map_kernel, then _fwd_kernel without halo) instead of the one halo kernel: a fallback kept
     for debugging and tested alongside; the op uses the default.
     """
+    params, training, eps = _op_args(params_training_eps)
     B, C, h, w = feat.shape
     H, W = image.shape[-2:]
-    CM, A = conv1_weight.shape[0], conv3_weight.shape[0]
+    CM, A = params.conv1_weight.shape[0], params.conv3_weight.shape[0]
     _check_ranges(feat, image, A, _pow2(CM))
-    ct, CT = _compute_dtype(feat.dtype)
+    ct, CT = accumulator(feat.dtype)
     dev = feat.device
-    mw, mb, w1, b1, g1, be1, w2, b2, g2, be2, w3, b3 = _params(
-        map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias,
-        conv2_weight, conv2_bias, bn2_weight, bn2_bias, conv3_weight, conv3_bias,
-    )  # fmt: skip
-    w1p, w2t = _pack_w1(w1.reshape(-1, 6).t().to(ct), b1.to(ct)), _w2t(w2, ct)
+    mw, mb, w1, b1, g1, be1, w2, b2, g2, be2, w3, b3 = _trainable(params)
+    w1p, w2t = pack_w1(w1.reshape(-1, 6).t().to(ct), b1.to(ct)), w2_taps(w2, ct)
     out = torch.empty((B, 3, h, w), dtype=feat.dtype, device=dev)
     alpha = torch.empty((B, A, h, w), dtype=feat.dtype, device=dev)
     raw = torch.empty((B, 3, h, w), dtype=feat.dtype, device=dev)
@@ -823,9 +749,9 @@ def fusion_block_fwd(
     fs, ims = feat.stride(), image.stride()
     kw = dict(CMP=CMP, CC=CC, CT=CT, num_warps=_WARPS)
     if not training:
-        mean1, var1 = bn1_running_mean.to(ct, copy=True), bn1_running_var.to(ct, copy=True)
-        mean2, var2 = bn2_running_mean.to(ct, copy=True), bn2_running_var.to(ct, copy=True)
-        is1, is2 = _invstd(var1, eps, ct), _invstd(var2, eps, ct)
+        mean1, var1 = params.bn1_running_mean.to(ct, copy=True), params.bn1_running_var.to(ct, copy=True)
+        mean2, var2 = params.bn2_running_mean.to(ct, copy=True), params.bn2_running_var.to(ct, copy=True)
+        is1, is2 = invstd(var1, eps, ct), invstd(var2, eps, ct)
 
     with _device(feat):
         if not training and fused:
@@ -834,7 +760,7 @@ def fusion_block_fwd(
             scratch = torch.empty((B * f_ty * f_tx, 6, gh * gw), dtype=ct, device=dev)
             _fwd_kernel[(B * f_ty * f_tx,)](
                 feat, *fs, image, *ims, scratch, scratch, raw, out, alpha, scratch,
-                mw, mb, _fold_bn1(w1, b1, g1, be1, mean1, is1, ct), w2t, b2, mean2, is2, g2, be2, w3, b3,
+                mw, mb, fold_bn1(w1, b1, g1, be1, mean1, is1, ct), w2t, b2, mean2, is2, g2, be2, w3, b3,
                 C, H, W, h, w, CM, f_ty, f_tx,
                 A=A, FUSED=True, STATS=False, HALO=1, GH=gh, GW=gw, **kw,
             )  # fmt: skip
@@ -848,77 +774,53 @@ def fusion_block_fwd(
             C, H, W, h, w, CM, n_ty, n_tx, STATS=training, STORE_R=True, TH=th, TW=tw, **kw,
         )  # fmt: skip
         if training:
-            mean1, var1 = _combine_stats(part1, CM, CMP, ct)
-            is1 = _invstd(var1, eps, ct)
+            mean1, var1 = combine_stats(part1, CM, CMP, ct)
+            is1 = invstd(var1, eps, ct)
             # pass 2: z2 statistics (a1 recomputed for the 3×3 taps)
             part2 = torch.empty((P, 1 + 2 * A), dtype=ct, device=dev)
             _fwd_kernel[(P,)](
                 feat, *fs, image, *ims, in_ws, in_ws, raw, out, alpha, part2,
-                mw, mb, _fold_bn1(w1, b1, g1, be1, mean1, is1, ct), w2t, b2, b2, b2, g2, be2, w3, b3,
+                mw, mb, fold_bn1(w1, b1, g1, be1, mean1, is1, ct), w2t, b2, b2, b2, g2, be2, w3, b3,
                 C, H, W, h, w, CM, n_ty, n_tx,
                 A=A, FUSED=False, STATS=True, HALO=0, GH=th, GW=tw, **kw,
             )  # fmt: skip
-            mean2, var2 = _combine_stats(part2, A, A, ct)
-            is2 = _invstd(var2, eps, ct)
+            mean2, var2 = combine_stats(part2, A, A, ct)
+            is2 = invstd(var2, eps, ct)
         # pass 3: outputs
         _fwd_kernel[(P,)](
             feat, *fs, image, *ims, in_ws, in_ws, raw, out, alpha, in_ws,
-            mw, mb, _fold_bn1(w1, b1, g1, be1, mean1, is1, ct), w2t, b2, mean2, is2, g2, be2, w3, b3,
+            mw, mb, fold_bn1(w1, b1, g1, be1, mean1, is1, ct), w2t, b2, mean2, is2, g2, be2, w3, b3,
             C, H, W, h, w, CM, n_ty, n_tx,
             A=A, FUSED=False, STATS=False, HALO=0, GH=th, GW=tw, **kw,
         )  # fmt: skip
     return out, alpha, raw, mean1, var1, mean2, var2
 
 
-def fusion_block_bwd(
-    grad_out: Tensor,
-    grad_alpha: Tensor,
-    grad_raw: Tensor,
-    feat: Tensor,
-    image: Tensor,
-    map_weight: Tensor,
-    map_bias: Tensor,
-    conv1_weight: Tensor,
-    conv1_bias: Tensor,
-    bn1_weight: Tensor,
-    bn1_bias: Tensor,
-    bn1_mean: Tensor,
-    bn1_var: Tensor,
-    conv2_weight: Tensor,
-    conv2_bias: Tensor,
-    bn2_weight: Tensor,
-    bn2_bias: Tensor,
-    bn2_mean: Tensor,
-    bn2_var: Tensor,
-    conv3_weight: Tensor,
-    conv3_bias: Tensor,
-    training: bool,
-    eps: float,
-) -> Tuple[Tensor, ...]:
-    """Backward of the fusion block (schema ``inpaint_fast::fusion_block_bwd``, csrc/ops.cpp).
+def fusion_block_bwd(grad_out: Tensor, grad_alpha: Tensor, grad_raw: Tensor, feat: Tensor, image: Tensor,
+                     *params_training_eps) -> Tuple[Tensor, ...]:
+    """Backward of the fusion block (schema ``inpaint_fast::fusion_block_bwd``, inpaint_fast/ops/schemas.inc):
+    ``fusion_block_bwd(grad_out, grad_alpha, grad_raw, feat, image, *FusionBlockParams, training, eps)``.
 
-    ``bn*_mean/var`` are the statistics the forward normalised with. Returns the gradients of
+    The running statistics' places hold the statistics the forward normalised with. Returns the gradients of
     feat, of the *resized* image Xk (B, 3, h, w), and of the 12 trainable parameters (map, conv1,
     bn1, conv2, bn2, conv3: weight then bias), each with its parameter's shape and dtype.
     """
+    params, training, eps = _op_args(params_training_eps)
     B, C, h, w = feat.shape
     H, W = image.shape[-2:]
-    CM, A = conv1_weight.shape[0], conv3_weight.shape[0]
+    CM, A = params.conv1_weight.shape[0], params.conv3_weight.shape[0]
     _check_ranges(feat, image, A, _pow2(CM), grad_out=grad_out, grad_alpha=grad_alpha, grad_raw=grad_raw)
-    ct, CT = _compute_dtype(feat.dtype)
+    ct, CT = accumulator(feat.dtype)
     dev = feat.device
-    mw, mb, w1, b1, g1, be1, w2, b2, g2, be2, w3, b3 = _params(
-        map_weight, map_bias, conv1_weight, conv1_bias, bn1_weight, bn1_bias,
-        conv2_weight, conv2_bias, bn2_weight, bn2_bias, conv3_weight, conv3_bias,
-    )  # fmt: skip
-    w1p, w2t = _pack_w1(w1.reshape(-1, 6).t().to(ct), b1.to(ct)), _w2t(w2, ct)
+    mw, mb, w1, b1, g1, be1, w2, b2, g2, be2, w3, b3 = _trainable(params)
+    w1p, w2t = pack_w1(w1.reshape(-1, 6).t().to(ct), b1.to(ct)), w2_taps(w2, ct)
     CMP, CC = _pow2(CM), min(_CHUNK, _pow2(C))
     th, tw = _TILE
     n_ty, n_tx = triton.cdiv(h, th), triton.cdiv(w, tw)
     P = B * n_ty * n_tx
     N = B * h * w
-    mean1, mean2 = bn1_mean.to(ct).contiguous(), bn2_mean.to(ct).contiguous()
-    is1, is2 = _invstd(bn1_var, eps, ct), _invstd(bn2_var, eps, ct)
+    mean1, mean2 = params.bn1_running_mean.to(ct).contiguous(), params.bn2_running_mean.to(ct).contiguous()
+    is1, is2 = invstd(params.bn1_running_var, eps, ct), invstd(params.bn2_running_var, eps, ct)
     k1, k2 = g1.to(ct) * is1, g2.to(ct) * is2  # BN backward: dz = γ·invstd·(...)
     grad_feat = torch.empty((B, C, h, w), dtype=feat.dtype, device=dev)
     grad_xk = torch.empty((B, 3, h, w), dtype=feat.dtype, device=dev)
@@ -937,7 +839,7 @@ def fusion_block_bwd(
         part2 = torch.empty((P, A * A + 4 * A), dtype=ct, device=dev)
         _bwd_alpha_kernel[(P,)](
             in_ws, grad_out, *gos, grad_alpha, *gas, ws2, part2,
-            _fold_bn1(w1, b1, g1, be1, mean1, is1, ct), w2t, b2, mean2, is2, g2, be2, w3, b3,
+            fold_bn1(w1, b1, g1, be1, mean1, is1, ct), w2t, b2, mean2, is2, g2, be2, w3, b3,
             h, w, CM, n_ty, n_tx, A=A, TH=th, TW=tw, CMP=CMP, CT=CT, num_warps=_WARPS,
         )  # fmt: skip
         # partial rows are reduced, and the BN/bias formulas evaluated, in fp64 (tiny tensors)
@@ -984,12 +886,13 @@ def fusion_block_bwd(
     g_w2 = s1[9 * CMP : off_r].view(A, 9, CMP)[:, :, :CM].permute(0, 2, 1)
     g_b1 = k1.double() * (seg(0) - N * m1a - seg(2) * m1b)  # Σdz1, from the sums
     grads = (
-        (g_mw, map_weight), (s1[off_r : off_r + 3], map_bias),
-        (torch.stack([seg(3 + k) for k in range(6)], dim=1), conv1_weight), (g_b1, conv1_bias),
-        (seg(1), bn1_weight), (seg(0), bn1_bias),
-        (g_w2, conv2_weight), (g_b2, conv2_bias),
-        (sdbn2, bn2_weight), (sdb2, bn2_bias),
-        (g_w3, conv3_weight), (g_b3, conv3_bias),
+        g_mw, s1[off_r : off_r + 3],  # map
+        torch.stack([seg(3 + k) for k in range(6)], dim=1), g_b1,  # conv1
+        seg(1), seg(0),  # bn1
+        g_w2, g_b2,  # conv2
+        sdbn2, sdb2,  # bn2
+        g_w3, g_b3,  # conv3
     )  # fmt: skip
     # fresh tensors: several of these are slices of one reduced row, and op outputs must not alias
-    return (grad_feat, grad_xk) + tuple(g.reshape(p.shape).to(p.dtype, copy=True).contiguous() for g, p in grads)
+    return (grad_feat, grad_xk) + tuple(g.reshape(p.shape).to(p.dtype, copy=True).contiguous()
+                                        for g, p in zip(grads, _trainable(params)))  # fmt: skip

@@ -1,6 +1,6 @@
 """Triton kernels of the ops (one file per op: kernels → launchers).
 
-Each op file exposes launchers with exactly the contract of the compiled ops in csrc/ops.cpp;
+Each op file exposes launchers with exactly the contract of the compiled ops (schemas: inpaint_fast/ops/schemas.inc);
 inpaint_fast/ops/<op>.py registers them as the kernels of ``inpaint_fast::triton_<op>_fwd/_bwd``.
 
 On a CUDA GPU the kernels compile for it. Without a GPU they run only through the Triton
@@ -11,7 +11,7 @@ which is how CI tests them. The interpreter cannot compute in bfloat16 and does 
 Tile sizes are autotuned on a GPU unless ``INPAINT_FAST_TRITON_AUTOTUNE=0`` (read at each launch):
 then every kernel launches with one fixed configuration, compiled once per specialisation and
 never benchmarked — what tests and a precompiled kernel cache (``python -m
-inpaint_fast.triton.aot``) use. ``INPAINT_FAST_TRITON_CACHE_REPORT=<file>`` (read at import)
+inpaint_fast.triton_kernels.aot``) use. ``INPAINT_FAST_TRITON_CACHE_REPORT=<file>`` (read at import)
 appends one JSON line per Triton compile request — kernel, cache hit or miss, seconds — so a run
 shows whether a carried ``TRITON_CACHE_DIR`` served it.
 """

@@ -1,7 +1,7 @@
 """The shapes, dtypes and layouts the GPU run (benchmarks/gpu_session.sh) launches the Triton kernels with.
 
 Three readers must agree on them exactly: the GPU tests and the benchmark (which run them), and
-``python -m inpaint_fast.triton.aot build-cache`` (which compiles their sm_90 binaries on a CPU
+``python -m inpaint_fast.triton_kernels.aot build-cache`` (which compiles their sm_90 binaries on a CPU
 machine beforehand, into a ``TRITON_CACHE_DIR`` the run carries). Triton's cache key is the
 *specialisation* of a launch — argument dtypes, 16-byte pointer alignment, which integers equal 1
 or are divisible by 16, every constexpr (tile sizes, dot precision, flags), the compile options —
@@ -319,7 +319,7 @@ def attention_grads(case: AttentionCase, device="cuda", *, seed: int = 1, fill: 
     return gy, gcf
 
 
-from inpaint_fast.ops.fusion_block import PARAM_NAMES as FUSION_PARAMS  # noqa: E402  (the op's order)
+from inpaint_fast.fusion_block_params import PARAM_NAMES  # noqa: E402  (the op's order)
 
 
 def fusion_inputs(case: FusionCase, device="cuda", *, seed: int = 0, fill: bool = True) -> Dict[str, torch.Tensor]:
@@ -359,7 +359,7 @@ def fp32_precision(precision: str) -> Iterator[None]:
     Through the legacy setter, which every supported torch has: once a program uses the new
     ``torch.backends.*.fp32_precision`` API the legacy getter raises, so mixing them here would
     break any caller that reads the precision the legacy way (the kernels read either:
-    ``inpaint_fast.triton.fp32_matmul_allows_tf32``)."""
+    ``inpaint_fast.triton_kernels.fp32_matmul_allows_tf32``)."""
     if precision not in ("highest", "high"):
         raise ValueError(f"precision {precision!r}: expected 'highest' or 'high'")
     previous = torch.get_float32_matmul_precision()
@@ -416,12 +416,12 @@ def _launch_fusion(case: FusionCase, device, fill: bool):
     from . import fusion_block as K
 
     i = fusion_inputs(case, device, fill=fill)
-    params = [i[k] for k in FUSION_PARAMS]
+    params = [i[k] for k in PARAM_NAMES]
     fwd = K.fusion_block_fwd(i["feat"], i["image"], *params, case.training, EPS)
     if not case.backward:
         return fwd, None
     _out, _alpha, _raw, m1, v1, m2, v2 = fwd
-    p = dict(zip(FUSION_PARAMS, params))
+    p = dict(zip(PARAM_NAMES, params))
     bwd = K.fusion_block_bwd(
         *fusion_grads(case, device, fill=fill), i["feat"], i["image"],
         p["map_weight"], p["map_bias"], p["conv1_weight"], p["conv1_bias"], p["bn1_weight"], p["bn1_bias"], m1, v1,

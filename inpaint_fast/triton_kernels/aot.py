@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of the Triton kernels on a machine without a GPU.
 
-Everything here drives the package's *real launchers* (inpaint_fast/triton/*.py) on CPU tensors
+Everything here drives the package's *real launchers* (inpaint_fast/triton_kernels/*.py) on CPU tensors
 with a stand-in Triton driver that reports a GPU target (``GPUTarget("cuda", 90 | 80, 32)``),
 device 0 and stream 0. Every launch then goes through Triton's own JIT path — specialisation of
 the arguments (dtypes, 16-byte alignment, integers equal to 1 or divisible by 16), constexprs,
@@ -8,7 +8,7 @@ options, cache key — and is compiled (``warmup=True``: compiled, never launche
 compiles every configuration it would benchmark. So what is compiled is exactly what the launchers
 launch, and binaries land under the same cache keys a GPU process computes.
 
-Commands (``python -m inpaint_fast.triton.aot <command> --help``):
+Commands (``python -m inpaint_fast.triton_kernels.aot <command> --help``):
 
 * ``check`` — the compile check (``make gpu-compile-check``): every kernel × variant × config at
   PIC's and DFNet's shapes plus the GPU run's cases, for sm_90 and sm_80, fp32/fp16/bf16. Fails on
@@ -545,7 +545,7 @@ def load_manifest(path: Path = MANIFEST) -> Dict[str, dict]:
     data = json.loads(path.read_text())
     if data.get("format") != MANIFEST_FORMAT:
         raise SystemExit(f"{path}: manifest format {data.get('format')!r}, expected {MANIFEST_FORMAT}; refresh it "
-                         "with `python -m inpaint_fast.triton.aot check --refresh`")
+                         "with `python -m inpaint_fast.triton_kernels.aot check --refresh`")
     return data["entries"]
 
 
@@ -556,8 +556,8 @@ def save_manifest(entries: Dict[str, dict], path: Path = MANIFEST) -> None:
     text = (
         "{\n"
         f'"format": {MANIFEST_FORMAT},\n'
-        '"about": "Compiled resources of every Triton kernel variant and config (python -m inpaint_fast.triton.aot '
-        'check); keys are Triton cache hashes. Refresh: python -m inpaint_fast.triton.aot check --refresh",\n'
+        '"about": "Compiled resources of every Triton kernel variant and config (python -m inpaint_fast.triton_kernels.aot '
+        'check); keys are Triton cache hashes. Refresh: python -m inpaint_fast.triton_kernels.aot check --refresh",\n'
         '"entries": {\n' + ",\n".join(lines) + "\n}\n}\n"
     )
     path.write_text(text)
@@ -633,7 +633,7 @@ def check(cases: Sequence, targets: Sequence[str] = tuple(TARGETS), manifest_pat
         if n_missing > max_compiles:
             print(f"error: {n_missing} kernels are not in {manifest_path} for Triton {version} (more than "
                   f"--max-compiles {max_compiles}: a new Triton version or rewritten kernels). Refresh the manifest "
-                  "on a machine with time to spare — python -m inpaint_fast.triton.aot check --refresh (about 3 s "
+                  "on a machine with time to spare — python -m inpaint_fast.triton_kernels.aot check --refresh (about 3 s "
                   "per kernel per core) — and commit it.", file=sys.stderr)
             return 2
         compiled: Dict[str, dict] = {}
@@ -672,7 +672,7 @@ def check(cases: Sequence, targets: Sequence[str] = tuple(TARGETS), manifest_pat
         print(f"wrote {manifest_path}: {len(kept)} entries", file=out)
     elif n_comp and not failures:
         print(f"note: {n_comp} kernels are not in {manifest_path} yet; refresh it "
-              "(python -m inpaint_fast.triton.aot check --refresh) so CI does not compile them again", file=out)
+              "(python -m inpaint_fast.triton_kernels.aot check --refresh) so CI does not compile them again", file=out)
     if failures:
         print("\nFAILED:\n" + "\n".join(failures), file=sys.stderr)
         return 1
@@ -947,7 +947,7 @@ def cmd_report(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inpaint_fast.triton.aot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m inpaint_fast.triton_kernels.aot", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     jobs = max(1, min(os.cpu_count() or 1, 2))
     p = sub.add_parser("check", help="compile every kernel variant and config for sm_90/sm_80 and check its resources")

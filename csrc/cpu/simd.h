@@ -1,0 +1,111 @@
+// Vector helpers of the CPU row kernels (csrc/cpu/*.cpp), the CPU counterpart of the device
+// utilities in csrc/cuda/common.cuh.
+//
+// The extension is built without -march flags, so the hot row kernels are compiled for x86-64-v4,
+// -v3 and the baseline and picked once at load time (GCC target_clones, IPF_MULTIVERSION). What
+// they call must be inlined into each clone to be vectorised for its instruction set
+// (IPF_INLINE), and the loops must vectorise without -ffast-math: row reductions use kLanes
+// independent partial sums in a fixed order, and exp is a branch-free polynomial (exp_d).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define IPF_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define IPF_MULTIVERSION
+#endif
+// Helpers called from the row kernels must be inlined into each target clone to be vectorised
+// for its instruction set.
+#if defined(__GNUC__)
+#define IPF_INLINE inline __attribute__((always_inline))
+#else
+#define IPF_INLINE inline
+#endif
+// Rows of one scratch buffer are written at runtime offsets the compiler cannot tell apart, which
+// would otherwise keep those loops scalar; no iteration of an IPF_IVDEP loop depends on another.
+#if defined(__GNUC__) && !defined(__clang__)
+#define IPF_IVDEP _Pragma("GCC ivdep")
+#else
+#define IPF_IVDEP
+#endif
+
+namespace inpaint_fast {
+namespace cpu {
+
+// Independent partial sums of a row reduction (one AVX2 register of floats).
+constexpr int kLanes = 8;
+
+// exp(x) to ~1 ulp without branches or calls, so that loops over it vectorise (libm's exp does not
+// without -ffast-math). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then the degree-13 Taylor
+// polynomial (truncation < 5e-18 relative) and 2^n assembled in the exponent bits. Beyond the
+// double range the result is inf (x > 709.78) or 0 (x < -708, libm would give a subnormal), so that
+// sigmoid saturates to exactly 0 and 1 like torch.sigmoid (DFNet's alpha = 0 / 1 facts rely on it).
+IPF_INLINE double exp_d(double x_in) {
+  const double x = std::min(std::max(x_in, -708.0), 709.0);
+  constexpr double kShift = 6755399441055744.0;  // 1.5 * 2^52: t's low mantissa bits hold round(x / ln2)
+  const double t = x * 1.4426950408889634 + kShift;
+  const double n = t - kShift;
+  const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+  double p = 1.0 / 6227020800.0;
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  int64_t bits, shift_bits;
+  std::memcpy(&bits, &t, sizeof bits);
+  std::memcpy(&shift_bits, &kShift, sizeof shift_bits);
+  bits = (bits - shift_bits + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  const double e = p * scale;
+  return x_in > 709.782712893384 ? std::numeric_limits<double>::infinity() : (x_in < -708.0 ? 0.0 : e);
+}
+
+IPF_INLINE double sigmoid_d(double v) {
+  return 1.0 / (1.0 + exp_d(-v));
+}
+
+template <typename Acc>
+IPF_INLINE Acc reduce_lanes(const Acc* acc) {
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// Sum of a[0..n) in double with kLanes partial sums: vectorises without -ffast-math, fixed order.
+template <typename T>
+IPF_INLINE double sum_row(const T* __restrict a, int64_t n) {
+  double acc[kLanes] = {};
+  int64_t x = 0;
+  for (; x + kLanes <= n; x += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[x + l];
+  double tail = 0;
+  for (; x < n; ++x) tail += a[x];
+  return reduce_lanes(acc) + tail;
+}
+
+template <typename T, typename U>
+IPF_INLINE double dot_row(const T* __restrict a, const U* __restrict b, int64_t n) {
+  double acc[kLanes] = {};
+  int64_t x = 0;
+  for (; x + kLanes <= n; x += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(a[x + l]) * b[x + l];
+  double tail = 0;
+  for (; x < n; ++x) tail += static_cast<double>(a[x]) * b[x];
+  return reduce_lanes(acc) + tail;
+}
+
+}  // namespace cpu
+}  // namespace inpaint_fast

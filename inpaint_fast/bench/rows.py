@@ -1,0 +1,40 @@
+"""CSV rows (the schema of :mod:`.results`) for a run's :class:`.outcome.Result` objects.
+
+One result becomes one row per metric: ``ms`` always, then, when it was timed, ``tflops``,
+``gbps`` and ``images_per_s`` where the op counts them, ``peak_mb`` and ``speedup_vs_reference``.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+from .outcome import Result
+
+__all__ = ["results_to_rows"]
+
+
+def results_to_rows(results: Sequence[Result], env: dict) -> List[dict]:
+    """CSV rows (see :mod:`.results`) for ``results``, with ``env`` (:func:`.env.environment`)."""
+    rows = []
+    for r in results:
+        base = dict(kernel=r.kernel, provider=r.provider, mode=r.mode, dtype=r.dtype, shape=r.shape,
+                    status=r.status, note=r.note, **env)
+        t = r.timing
+        if t is None:
+            rows.append(dict(base, metric="ms"))
+            continue
+        rows.append(dict(base, metric="ms", p20=t.p20, p50=t.p50, p80=t.p80))
+        if r.flops:
+            rows.append(dict(base, metric="tflops", p20=r.flops / t.p80 / 1e9, p50=r.flops / t.p50 / 1e9,
+                             p80=r.flops / t.p20 / 1e9))
+        if r.nbytes:
+            rows.append(dict(base, metric="gbps", p20=r.nbytes / t.p80 / 1e6, p50=r.nbytes / t.p50 / 1e6,
+                             p80=r.nbytes / t.p20 / 1e6))
+        if r.items:
+            rows.append(dict(base, metric="images_per_s", p20=r.items / t.p80 * 1e3, p50=r.items / t.p50 * 1e3,
+                             p80=r.items / t.p20 * 1e3))
+        rows.append(dict(base, metric="peak_mb", p50=r.peak_mb))
+        if r.speedup is not None:
+            rows.append(dict(base, metric="speedup_vs_reference", p20=r.speedup[0], p50=r.speedup[1],
+                             p80=r.speedup[2]))
+    return rows
