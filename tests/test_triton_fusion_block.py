@@ -25,9 +25,10 @@ pytest.importorskip("triton")
 from inpaint_fast import reference  # noqa: E402
 from inpaint_fast.fusion_block_params import RUNNING_STATS, TRAINABLE  # noqa: E402
 from inpaint_fast.triton_kernels import fusion_block as kernels  # noqa: E402
+from inpaint_fast.triton_kernels import interpreter_mode  # noqa: E402
 from op_samples import fusion_params_clone, fusion_params_to, fusion_sample_inputs, fusion_saved_params  # noqa: E402
 
-ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+ON_GPU = torch.cuda.is_available() and not interpreter_mode()
 DEVICE = "cuda" if ON_GPU else "cpu"
 needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (the interpreter cannot compute in bf16)")
 

@@ -21,10 +21,11 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from inpaint_fast import reference  # noqa: E402
+from inpaint_fast.triton_kernels import interpreter_mode  # noqa: E402
 from inpaint_fast.triton_kernels import short_long_attention as kernels  # noqa: E402
 from op_samples import attention_sample_inputs, laid_out  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRET = interpreter_mode()
 if INTERPRET:
     from triton.runtime.interpreter import InterpretedFunction
 
