@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <tuple>
 
 #include "checks.h"
 
@@ -23,9 +24,10 @@ struct FusionBlockDims {
 };
 
 // The 16 parameter tensors of fusion_block_fwd / fusion_block_bwd, in the order of their schemas
-// (inpaint_fast/ops/schemas.inc, which csrc/ops.cpp defines the ops from). Each backend's entry
-// points build one from their arguments and pass it to what they call, so that a parameter added
-// or renamed in the schemas is one field and one for_each line here.
+// (inpaint_fast/ops/schemas.inc, which csrc/ops.cpp defines the ops from). fusion_block_fwd_op /
+// fusion_block_bwd_op below build one from the ops' arguments and pass it to each backend's
+// kernels, so that a parameter added or renamed in the schemas is one field, one for_each line and
+// one argument of each of those two here.
 struct FusionBlockParams {
   const at::Tensor &map_weight, &map_bias, &conv1_weight, &conv1_bias, &bn1_weight, &bn1_bias, &bn1_mean, &bn1_var,
       &conv2_weight, &conv2_bias, &bn2_weight, &bn2_bias, &bn2_mean, &bn2_var, &conv3_weight, &conv3_bias;
@@ -101,6 +103,58 @@ inline bool check_fusion_block_grad(const char* op, const char* name, const at::
   if (!g.defined() || g.numel() == 0) return false;
   check_shape(op, name, g, {d.B, C, d.h, d.w}, layout, "the output it is the gradient of");
   return true;
+}
+
+// What the ops return: (out, alpha, raw, bn1_mean, bn1_var, bn2_mean, bn2_var) and (grad_feat,
+// grad_image_resized, then the 12 trainable parameters' gradients in schema order).
+using FusionBlockForward =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using FusionBlockBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                       at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                       at::Tensor, at::Tensor>;
+using FusionBlockForwardFn = FusionBlockForward (*)(const at::Tensor& feat, const at::Tensor& image,
+                                                    const FusionBlockParams& params, bool training, double eps);
+using FusionBlockBackwardFn = FusionBlockBackward (*)(const at::Tensor& grad_out, const at::Tensor& grad_alpha,
+                                                      const at::Tensor& grad_raw, const at::Tensor& feat,
+                                                      const at::Tensor& image, const FusionBlockParams& params,
+                                                      bool training, double eps);
+
+// The ops' flat signatures, written once for every device: each backend implements
+// FusionBlockForwardFn / FusionBlockBackwardFn on a FusionBlockParams and registers
+// `&fusion_block_fwd_op<its forward>` (TORCH_LIBRARY_IMPL needs the schema's exact argument list).
+template <FusionBlockForwardFn Forward>
+FusionBlockForward fusion_block_fwd_op(const at::Tensor& feat, const at::Tensor& image, const at::Tensor& map_weight,
+                                       const at::Tensor& map_bias, const at::Tensor& conv1_weight,
+                                       const at::Tensor& conv1_bias, const at::Tensor& bn1_weight,
+                                       const at::Tensor& bn1_bias, const at::Tensor& bn1_running_mean,
+                                       const at::Tensor& bn1_running_var, const at::Tensor& conv2_weight,
+                                       const at::Tensor& conv2_bias, const at::Tensor& bn2_weight,
+                                       const at::Tensor& bn2_bias, const at::Tensor& bn2_running_mean,
+                                       const at::Tensor& bn2_running_var, const at::Tensor& conv3_weight,
+                                       const at::Tensor& conv3_bias, bool training, double eps) {
+  const FusionBlockParams params{map_weight,   map_bias,         conv1_weight,    conv1_bias,   bn1_weight,
+                                 bn1_bias,     bn1_running_mean, bn1_running_var, conv2_weight, conv2_bias,
+                                 bn2_weight,   bn2_bias,         bn2_running_mean, bn2_running_var, conv3_weight,
+                                 conv3_bias,   BnStats::kRunning};
+  return Forward(feat, image, params, training, eps);
+}
+
+template <FusionBlockBackwardFn Backward>
+FusionBlockBackward fusion_block_bwd_op(const at::Tensor& grad_out, const at::Tensor& grad_alpha,
+                                        const at::Tensor& grad_raw, const at::Tensor& feat, const at::Tensor& image,
+                                        const at::Tensor& map_weight, const at::Tensor& map_bias,
+                                        const at::Tensor& conv1_weight, const at::Tensor& conv1_bias,
+                                        const at::Tensor& bn1_weight, const at::Tensor& bn1_bias,
+                                        const at::Tensor& bn1_mean, const at::Tensor& bn1_var,
+                                        const at::Tensor& conv2_weight, const at::Tensor& conv2_bias,
+                                        const at::Tensor& bn2_weight, const at::Tensor& bn2_bias,
+                                        const at::Tensor& bn2_mean, const at::Tensor& bn2_var,
+                                        const at::Tensor& conv3_weight, const at::Tensor& conv3_bias, bool training,
+                                        double eps) {
+  const FusionBlockParams params{map_weight, map_bias,  conv1_weight, conv1_bias, bn1_weight,   bn1_bias,
+                                 bn1_mean,   bn1_var,   conv2_weight, conv2_bias, bn2_weight,   bn2_bias,
+                                 bn2_mean,   bn2_var,   conv3_weight, conv3_bias, BnStats::kFromForward};
+  return Backward(grad_out, grad_alpha, grad_raw, feat, image, params, training, eps);
 }
 
 }  // namespace inpaint_fast

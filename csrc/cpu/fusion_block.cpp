@@ -453,17 +453,10 @@ Shape check_inputs(const char* op, const at::Tensor& feat, const at::Tensor& ima
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fusion_block_fwd_cpu(
-    const at::Tensor& feat, const at::Tensor& image, const at::Tensor& map_weight, const at::Tensor& map_bias,
-    const at::Tensor& conv1_weight, const at::Tensor& conv1_bias, const at::Tensor& bn1_weight,
-    const at::Tensor& bn1_bias, const at::Tensor& bn1_running_mean, const at::Tensor& bn1_running_var,
-    const at::Tensor& conv2_weight, const at::Tensor& conv2_bias, const at::Tensor& bn2_weight,
-    const at::Tensor& bn2_bias, const at::Tensor& bn2_running_mean, const at::Tensor& bn2_running_var,
-    const at::Tensor& conv3_weight, const at::Tensor& conv3_bias, bool training, double eps) {
-  const FusionBlockParams params{map_weight,   map_bias,         conv1_weight,    conv1_bias,      bn1_weight,
-                                 bn1_bias,     bn1_running_mean, bn1_running_var, conv2_weight,    conv2_bias,
-                                 bn2_weight,   bn2_bias,         bn2_running_mean, bn2_running_var, conv3_weight,
-                                 conv3_bias,   BnStats::kRunning};
+// The ops on CPU tensors, registered through fusion_block_fwd_op / fusion_block_bwd_op
+// (csrc/fusion_block_params.h), which build the FusionBlockParams from the schemas' arguments.
+FusionBlockForward fusion_block_forward(const at::Tensor& feat, const at::Tensor& image, const FusionBlockParams& params,
+                                        bool training, double eps) {
   const Shape s = check_inputs("fusion_block_fwd", feat, image, params, training);
   const at::ScalarType ct = accumulate_dtype(feat.scalar_type());
   const at::Tensor f = feat.to(ct).contiguous();
@@ -487,20 +480,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           vec_tensor(p.var1, ct), vec_tensor(p.mean2, ct), vec_tensor(p.var2, ct)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-fusion_block_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& grad_alpha, const at::Tensor& grad_raw,
-                     const at::Tensor& feat, const at::Tensor& image, const at::Tensor& map_weight,
-                     const at::Tensor& map_bias, const at::Tensor& conv1_weight, const at::Tensor& conv1_bias,
-                     const at::Tensor& bn1_weight, const at::Tensor& bn1_bias, const at::Tensor& bn1_mean,
-                     const at::Tensor& bn1_var, const at::Tensor& conv2_weight, const at::Tensor& conv2_bias,
-                     const at::Tensor& bn2_weight, const at::Tensor& bn2_bias, const at::Tensor& bn2_mean,
-                     const at::Tensor& bn2_var, const at::Tensor& conv3_weight, const at::Tensor& conv3_bias,
-                     bool training, double eps) {
+FusionBlockBackward fusion_block_backward(const at::Tensor& grad_out, const at::Tensor& grad_alpha,
+                                          const at::Tensor& grad_raw, const at::Tensor& feat, const at::Tensor& image,
+                                          const FusionBlockParams& params, bool training, double eps) {
   const char* op = "fusion_block_bwd";
-  const FusionBlockParams params{map_weight, map_bias,   conv1_weight, conv1_bias, bn1_weight,   bn1_bias,
-                                 bn1_mean,   bn1_var,    conv2_weight, conv2_bias, bn2_weight,   bn2_bias,
-                                 bn2_mean,   bn2_var,    conv3_weight, conv3_bias, BnStats::kFromForward};
   const Shape s = check_inputs(op, feat, image, params, training);
   const at::ScalarType ct = accumulate_dtype(feat.scalar_type());
   const at::Tensor f = feat.to(ct).contiguous();
@@ -526,23 +509,23 @@ fusion_block_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& grad_alpha, c
   }
   return {gfeat.to(feat.scalar_type()),
           gxk.to(image.scalar_type()),
-          grad_like(gr.Wm, map_weight),
-          grad_like(gr.bm, map_bias),
-          grad_like(gr.W1, conv1_weight),
-          grad_like(gr.b1, conv1_bias),
-          grad_like(gr.g1, bn1_weight),
-          grad_like(gr.be1, bn1_bias),
-          grad_like(gr.W2, conv2_weight),
-          grad_like(gr.b2, conv2_bias),
-          grad_like(gr.g2, bn2_weight),
-          grad_like(gr.be2, bn2_bias),
-          grad_like(gr.W3, conv3_weight),
-          grad_like(gr.b3, conv3_bias)};
+          grad_like(gr.Wm, params.map_weight),
+          grad_like(gr.bm, params.map_bias),
+          grad_like(gr.W1, params.conv1_weight),
+          grad_like(gr.b1, params.conv1_bias),
+          grad_like(gr.g1, params.bn1_weight),
+          grad_like(gr.be1, params.bn1_bias),
+          grad_like(gr.W2, params.conv2_weight),
+          grad_like(gr.b2, params.conv2_bias),
+          grad_like(gr.g2, params.bn2_weight),
+          grad_like(gr.be2, params.bn2_bias),
+          grad_like(gr.W3, params.conv3_weight),
+          grad_like(gr.b3, params.conv3_bias)};
 }
 
 TORCH_LIBRARY_IMPL(inpaint_fast, CPU, m) {
-  m.impl("fusion_block_fwd", &fusion_block_fwd_cpu);
-  m.impl("fusion_block_bwd", &fusion_block_bwd_cpu);
+  m.impl("fusion_block_fwd", &fusion_block_fwd_op<fusion_block_forward>);
+  m.impl("fusion_block_bwd", &fusion_block_bwd_op<fusion_block_backward>);
 }
 
 }  // namespace cpu

@@ -734,18 +734,11 @@ at::Tensor grad_like(const at::Tensor& v, const at::Tensor& like) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fusion_block_fwd_cuda(
-    const at::Tensor& feat_in, const at::Tensor& image_in, const at::Tensor& map_weight, const at::Tensor& map_bias,
-    const at::Tensor& conv1_weight, const at::Tensor& conv1_bias, const at::Tensor& bn1_weight,
-    const at::Tensor& bn1_bias, const at::Tensor& bn1_running_mean, const at::Tensor& bn1_running_var,
-    const at::Tensor& conv2_weight, const at::Tensor& conv2_bias, const at::Tensor& bn2_weight,
-    const at::Tensor& bn2_bias, const at::Tensor& bn2_running_mean, const at::Tensor& bn2_running_var,
-    const at::Tensor& conv3_weight, const at::Tensor& conv3_bias, bool training, double eps) {
+// The ops on CUDA tensors, registered through fusion_block_fwd_op / fusion_block_bwd_op
+// (csrc/fusion_block_params.h), which build the FusionBlockParams from the schemas' arguments.
+FusionBlockForward fusion_block_forward(const at::Tensor& feat_in, const at::Tensor& image_in, const FusionBlockParams& p,
+                                        bool training, double eps) {
   const char* op = "fusion_block_fwd (CUDA)";
-  const FusionBlockParams p{map_weight,   map_bias,         conv1_weight,    conv1_bias,       bn1_weight,
-                            bn1_bias,     bn1_running_mean, bn1_running_var, conv2_weight,     conv2_bias,
-                            bn2_weight,   bn2_bias,         bn2_running_mean, bn2_running_var, conv3_weight,
-                            conv3_bias,   BnStats::kRunning};
   const Dims d = check_inputs(op, feat_in, image_in, p, training);
   const c10::cuda::CUDAGuard guard(feat_in.device());
   const at::Tensor feat = feat_in.contiguous();
@@ -758,9 +751,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor out = at::empty({B, 3, h, w}, feat.options());
   at::Tensor alpha = at::empty({B, A, h, w}, feat.options());
   at::Tensor raw = at::empty({B, 3, h, w}, feat.options());
-  const at::Tensor Wm = f32(map_weight), bm = f32(map_bias), W3 = f32(conv3_weight), b3 = f32(conv3_bias);
-  const at::Tensor W2d = f64(conv2_weight).reshape({A, d.Cm * 9});
-  const at::Tensor b2d = f64(conv2_bias), g2d = f64(bn2_weight), be2d = f64(bn2_bias);
+  const at::Tensor Wm = f32(p.map_weight), bm = f32(p.map_bias), W3 = f32(p.conv3_weight), b3 = f32(p.conv3_bias);
+  const at::Tensor W2d = f64(p.conv2_weight).reshape({A, d.Cm * 9});
+  const at::Tensor b2d = f64(p.conv2_bias), g2d = f64(p.bn2_weight), be2d = f64(p.bn2_bias);
 
   // The statistics BN normalises with, as device tensors of the returned dtype (float32 for every
   // dtype the CUDA kernels take).
@@ -769,14 +762,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   if (!training) {
     // Eval: running statistics, returned as fresh copies; BN1 and BN2 folded into conv1 / conv2.
-    mean1 = bn1_running_mean.reshape({-1}).to(stat, false, /*copy=*/true);
-    var1 = bn1_running_var.reshape({-1}).to(stat, false, /*copy=*/true);
-    mean2 = bn2_running_mean.reshape({-1}).to(stat, false, /*copy=*/true);
-    var2 = bn2_running_var.reshape({-1}).to(stat, false, /*copy=*/true);
-    fold_bn1(d, p, bn1_running_mean, bn1_running_var, eps, W1f, b1f);
-    const at::Tensor s2 = g2d / (f64(bn2_running_var) + eps).sqrt();
+    mean1 = p.bn1_mean.reshape({-1}).to(stat, false, /*copy=*/true);
+    var1 = p.bn1_var.reshape({-1}).to(stat, false, /*copy=*/true);
+    mean2 = p.bn2_mean.reshape({-1}).to(stat, false, /*copy=*/true);
+    var2 = p.bn2_var.reshape({-1}).to(stat, false, /*copy=*/true);
+    fold_bn1(d, p, p.bn1_mean, p.bn1_var, eps, W1f, b1f);
+    const at::Tensor s2 = g2d / (f64(p.bn2_var) + eps).sqrt();
     const at::Tensor W2f = (W2d * s2.unsqueeze(1)).to(at::kFloat).contiguous();
-    const at::Tensor b2f = (s2 * (b2d - f64(bn2_running_mean)) + be2d).to(at::kFloat).contiguous();
+    const at::Tensor b2f = (s2 * (b2d - f64(p.bn2_mean)) + be2d).to(at::kFloat).contiguous();
     const at::Tensor ones = at::ones({A}, fopts), zeros = at::zeros({A}, fopts);
     const TileParams prm{Wm.data_ptr<float>(),  bm.data_ptr<float>(),    W1f.data_ptr<float>(),
                          b1f.data_ptr<float>(), W2f.data_ptr<float>(),   b2f.data_ptr<float>(),
@@ -806,8 +799,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor mom = launch_xr(op, d, feat, image, Wm, bm, xr, stream).sum(0);
     const at::Tensor mu = mom.narrow(0, 0, 6) / d.M;                                        // (6)
     const at::Tensor cov = mom.narrow(0, 6, 36).reshape({6, 6}) / d.M - at::outer(mu, mu);  // (6, 6), biased
-    const at::Tensor W1d = f64(conv1_weight).reshape({d.Cm, 6});
-    const at::Tensor m1 = at::mv(W1d, mu) + f64(conv1_bias);
+    const at::Tensor W1d = f64(p.conv1_weight).reshape({d.Cm, 6});
+    const at::Tensor m1 = at::mv(W1d, mu) + f64(p.conv1_bias);
     const at::Tensor v1 = (at::mm(W1d, cov) * W1d).sum(1).clamp_min(0.0);
     // Normalise with exactly what is returned, as the CPU kernel does.
     mean1 = m1.to(stat);
@@ -848,20 +841,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {out, alpha, raw, mean1, var1, mean2, var2};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-fusion_block_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& grad_alpha, const at::Tensor& grad_raw,
-                      const at::Tensor& feat_in, const at::Tensor& image_in, const at::Tensor& map_weight,
-                      const at::Tensor& map_bias, const at::Tensor& conv1_weight, const at::Tensor& conv1_bias,
-                      const at::Tensor& bn1_weight, const at::Tensor& bn1_bias, const at::Tensor& bn1_mean,
-                      const at::Tensor& bn1_var, const at::Tensor& conv2_weight, const at::Tensor& conv2_bias,
-                      const at::Tensor& bn2_weight, const at::Tensor& bn2_bias, const at::Tensor& bn2_mean,
-                      const at::Tensor& bn2_var, const at::Tensor& conv3_weight, const at::Tensor& conv3_bias,
-                      bool training, double eps) {
+FusionBlockBackward fusion_block_backward(const at::Tensor& grad_out, const at::Tensor& grad_alpha,
+                                          const at::Tensor& grad_raw, const at::Tensor& feat_in, const at::Tensor& image_in,
+                                          const FusionBlockParams& p, bool training, double eps) {
   const char* op = "fusion_block_bwd (CUDA)";
-  const FusionBlockParams p{map_weight, map_bias,   conv1_weight, conv1_bias, bn1_weight,   bn1_bias,
-                            bn1_mean,   bn1_var,    conv2_weight, conv2_bias, bn2_weight,   bn2_bias,
-                            bn2_mean,   bn2_var,    conv3_weight, conv3_bias, BnStats::kFromForward};
   const Dims d = check_inputs(op, feat_in, image_in, p, training);
   const at::Device dev = feat_in.device();
   const c10::cuda::CUDAGuard guard(dev);
@@ -884,8 +867,8 @@ fusion_block_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& grad_alpha, 
   const at::Tensor galpha = prep_grad(grad_alpha, A, "grad_alpha", "(B, A, h, w)");
   const at::Tensor graw = prep_grad(grad_raw, 3, "grad_raw", "(B, 3, h, w)");
 
-  const at::Tensor Wm = f32(map_weight), bm = f32(map_bias), W3 = f32(conv3_weight), b3 = f32(conv3_bias);
-  const at::Tensor W1d = f64(conv1_weight).reshape({Cm, 6});
+  const at::Tensor Wm = f32(p.map_weight), bm = f32(p.map_bias), W3 = f32(p.conv3_weight), b3 = f32(p.conv3_bias);
+  const at::Tensor W1d = f64(p.conv1_weight).reshape({Cm, 6});
 
   // Pass 1: in = [Xk, R] and its moments (mu, and Csum = sum (in - mu)(in - mu)^T).
   at::Tensor xr = at::empty({B, 6, h, w}, fopts);
@@ -895,8 +878,8 @@ fusion_block_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& grad_alpha, 
 
   // Pass 2: z2 with the given BN1 statistics.
   at::Tensor W1f, b1f;
-  const at::Tensor D = fold_bn1(d, p, bn1_mean, bn1_var, eps, W1f, b1f);  // gamma1 invstd1
-  const at::Tensor W2raw = f32(conv2_weight), b2raw = f32(conv2_bias);
+  const at::Tensor D = fold_bn1(d, p, p.bn1_mean, p.bn1_var, eps, W1f, b1f);  // gamma1 invstd1
+  const at::Tensor W2raw = f32(p.conv2_weight), b2raw = f32(p.conv2_bias);
   at::Tensor z2 = at::empty({B, A, h, w}, fopts);
   const at::Tensor unused = at::empty({A}, fopts);
   const TileParams prm{nullptr, nullptr, W1f.data_ptr<float>(), b1f.data_ptr<float>(), W2raw.data_ptr<float>(),
@@ -905,9 +888,9 @@ fusion_block_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& grad_alpha, 
   launch_z2(op, d, st, xr, prm, z2, stream);
 
   // Pass 3: the head's backward.
-  const at::Tensor invstd2d = 1.0 / (f64(bn2_var) + eps).sqrt();
-  const at::Tensor mean2f = f32(bn2_mean), invstd2f = invstd2d.to(at::kFloat).contiguous();
-  const at::Tensor g2f = f32(bn2_weight), be2f = f32(bn2_bias);
+  const at::Tensor invstd2d = 1.0 / (f64(p.bn2_var) + eps).sqrt();
+  const at::Tensor mean2f = f32(p.bn2_mean), invstd2f = invstd2d.to(at::kFloat).contiguous();
+  const at::Tensor g2f = f32(p.bn2_weight), be2f = f32(p.bn2_bias);
   const HeadBwdParams hp{mean2f.data_ptr<float>(), invstd2f.data_ptr<float>(), g2f.data_ptr<float>(),
                          be2f.data_ptr<float>(),   W3.data_ptr<float>(),       b3.data_ptr<float>()};
   at::Tensor G2 = at::empty({B, A, h, w}, fopts), N2 = at::empty({B, A, h, w}, fopts);
@@ -930,7 +913,7 @@ fusion_block_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& grad_alpha, 
   const at::Tensor dbeta2 = head.narrow(0, A * A + A, A), dgamma2 = head.narrow(0, A * A + 2 * A, A);
   const at::Tensor sum_n2 = head.narrow(0, A * A + 3 * A, A);
   // BN2 backward as dz2 = cA g2 + cB n2 + cC (training: dz = gamma invstd (g - mean g - n mean(g n))).
-  const at::Tensor cA = f64(bn2_weight) * invstd2d;
+  const at::Tensor cA = f64(p.bn2_weight) * invstd2d;
   const at::Tensor cB = training ? -cA * dgamma2 / M : at::zeros_like(cA);
   const at::Tensor cC = training ? -cA * dbeta2 / M : at::zeros_like(cA);
   const at::Tensor db2 = cA * dbeta2 + cB * sum_n2 + cC * M;
@@ -970,8 +953,8 @@ fusion_block_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& grad_alpha, 
   //   training: dW1 = D P - E (W1 Csum + M dd mu^T), db1 = -E M dd, W1^T dz1 = u + K in' + c0 with
   //             K = -W1^T diag(E) W1, c0 = -W1^T (D S1 / M + E dd)
   //   eval:     dW1 = D (P + S1 mu^T), db1 = D S1
-  const at::Tensor invstd1 = 1.0 / (f64(bn1_var) + eps).sqrt();
-  const at::Tensor dd = at::mv(W1d, mu) + f64(conv1_bias) - f64(bn1_mean);
+  const at::Tensor invstd1 = 1.0 / (f64(p.bn1_var) + eps).sqrt();
+  const at::Tensor dd = at::mv(W1d, mu) + f64(p.conv1_bias) - f64(p.bn1_mean);
   const at::Tensor S2 = invstd1 * ((W1d * P).sum(1) + dd * S1);
   at::Tensor dW1, db1, K, c0;
   if (training) {
@@ -1012,23 +995,23 @@ fusion_block_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& grad_alpha, 
 
   return {grad_feat,
           grad_xk.to(image_in.scalar_type()),
-          grad_like(dWm, map_weight),
-          grad_like(dbm, map_bias),
-          grad_like(dW1, conv1_weight),
-          grad_like(db1, conv1_bias),
-          grad_like(S2, bn1_weight),
-          grad_like(S1, bn1_bias),
-          grad_like(dW2, conv2_weight),
-          grad_like(db2, conv2_bias),
-          grad_like(dgamma2, bn2_weight),
-          grad_like(dbeta2, bn2_bias),
-          grad_like(dW3, conv3_weight),
-          grad_like(db3, conv3_bias)};
+          grad_like(dWm, p.map_weight),
+          grad_like(dbm, p.map_bias),
+          grad_like(dW1, p.conv1_weight),
+          grad_like(db1, p.conv1_bias),
+          grad_like(S2, p.bn1_weight),
+          grad_like(S1, p.bn1_bias),
+          grad_like(dW2, p.conv2_weight),
+          grad_like(db2, p.conv2_bias),
+          grad_like(dgamma2, p.bn2_weight),
+          grad_like(dbeta2, p.bn2_bias),
+          grad_like(dW3, p.conv3_weight),
+          grad_like(db3, p.conv3_bias)};
 }
 
 TORCH_LIBRARY_IMPL(inpaint_fast, CUDA, m) {
-  m.impl("fusion_block_fwd", &fusion_block_fwd_cuda);
-  m.impl("fusion_block_bwd", &fusion_block_bwd_cuda);
+  m.impl("fusion_block_fwd", &fusion_block_fwd_op<fusion_block_forward>);
+  m.impl("fusion_block_bwd", &fusion_block_bwd_op<fusion_block_backward>);
 }
 
 }  // namespace cuda
