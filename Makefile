@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q numpy tqdm pillow pytest pytest-benchmark hypothesis ninja "setuptools>=64" wheel "$(TRITON)"
+	$(PY) -m pip install -q numpy tqdm pillow pytest pytest-benchmark hypothesis matplotlib ninja "setuptools>=64" wheel "$(TRITON)"
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 

@@ -14,10 +14,15 @@ installed CLI has them too); in short:
 * General channel sweep (full runs, at S = 512, N = 4 096): (Cq, C, Cp) = (16, 64, 64),
   (48, 192, 96), (64, 256, 256) and (32, 128, 0) — PIC's discriminator mode, no pre.
   ``--channels 32:128:128 16:64:0`` runs given triples at every size instead.
-* FLOPs (matmuls only, docs/short_long_attention.md#cost), reported as TFLOP/s:
+* FLOPs (matmuls only, docs/short_long_attention.md#cost), reported as TFLOP/s and, on the
+  CPU, as fraction_of_gemm: the op's FLOP/s over that of an fp32 2048³ torch.mm measured in
+  the same run, between the cases, on the same threads (benchmarks/README.md, "Metrics and
+  ceilings"):
       fwd      2·B·N²·(Cq + C + Cp)
       bwd      2·B·N²·(3·Cq + 2·(C + Cp))
       fwd+bwd  the sum
+  e.g. PIC's layer at 512² (B = 1, N = 4 096, Cq = 32, C = Cp = 128): fwd 9.66 GFLOP, bwd
+  20.4 GFLOP.
 * Providers: reference (eager, N×N), this package's backends on the device, and on CUDA
   compile (torch.compile of the reference), sdpa (SDPA on [x | pre] + eager epilogue), flex
   (compiled FlexAttention + eager epilogue).

@@ -3,13 +3,18 @@
     python benchmarks/bench_train_step.py                              # the device's default grid
     python benchmarks/bench_train_step.py --model pic --sizes 512 1024 --batch 8 --amp bf16
     python benchmarks/bench_train_step.py --providers reference cuda triton --no-csv
+    python benchmarks/bench_train_step.py --device cpu --model pic --sizes 1024 --batch 1 --reps 1 \
+        --memory-limit 20                                              # CPU, 1024², capped child processes
 
 One step is exactly the step of ``inpaint-fast train`` (inpaint_fast/training/tasks.py); the
 providers differ only in the backend of the fused ops. Every provider's first step is compared
 with the reference's (losses) before it is timed; see inpaint_fast/bench/train_step.py for the
 method. Default grid: on CUDA PIC (batch 8) and DFNet (batch 6) at 256², 512², 1024²; on CPU one
-small step of each. Rows are upserted into the committed benchmarks/results/benchmarks.csv (--csv
-PATH: elsewhere); on a CPU that other processes keep busy that write is refused unless --force.
+small step of each. --memory-limit GIB runs each (case, provider) in a child process capped at GIB
+(RLIMIT_DATA; an allocation over it is recorded as oom, the note of every row states the limit);
+--reps N times exactly N steps (for steps of seconds to minutes). Rows are upserted into the
+committed benchmarks/results/benchmarks.csv (--csv PATH: elsewhere); on a CPU that other
+processes keep busy that write is refused unless --force.
 """
 
 from __future__ import annotations
@@ -40,7 +45,19 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true",
                    help="write into the committed CSV even though other processes are running on the CPUs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reps", type=int, metavar="N",
+                   help="time exactly N steps per provider, one by one (default: as many as fit the timing budget, "
+                        "at least 3; at large sizes a step takes minutes on a CPU)")
+    p.add_argument("--memory-limit", type=float, metavar="GIB",
+                   help="run each (case, provider) in a child process whose memory is capped at GIB GiB "
+                        "(RLIMIT_DATA, Linux): an allocation over it is recorded as oom and the sweep goes on")
     args = p.parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        p.error(f"--reps: expected 1 or more, got {args.reps}")
+    if args.memory_limit is not None and not (0 < args.memory_limit < float("inf")):
+        p.error(f"--memory-limit: expected a positive number of GiB, got {args.memory_limit:g}")
+    if args.memory_limit is not None and not sys.platform.startswith("linux"):
+        p.error(f"--memory-limit: needs Linux (RLIMIT_DATA); this is {sys.platform}")
 
     import dataclasses
 
@@ -48,11 +65,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     import inpaint_fast
-    from inpaint_fast.bench.rows import results_to_rows
-    from inpaint_fast.bench.destination import Destination, is_committed_csv, refuse_noisy_reference
-    from inpaint_fast.bench.env import busy_cpus, environment
-    from inpaint_fast.bench.report import format_table
-    from inpaint_fast.bench.results import upsert_rows
+    from inpaint_fast.bench.script_run import begin, finish
     from inpaint_fast.bench.train_step import QUICK_STEP_TIMING, STEP_TIMING, default_cases, run_train_bench
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -70,15 +83,8 @@ def main(argv=None) -> int:
     if providers[0] != "reference":
         providers = ["reference"] + [b for b in providers if b != "reference"]
 
-    env = environment(device)
-    print(f"device: {env['device_name']} | torch {env['torch_version']} | commit {env['commit']}", flush=True)
-    busy = busy_cpus() if device.type == "cpu" else 0
-    if busy:
-        print(f"warning: {busy} other process(es) are running on this machine's {os.cpu_count()} CPUs; "
-              "CPU timings will be slow and noisy", file=sys.stderr)
-    dest = None if args.no_csv else Destination(args.csv, "--csv", is_committed_csv(args.csv))
-    try:  # before the run: noisy timings must not replace the committed reference rows
-        refuse_noisy_reference(dest, busy, os.cpu_count(), args.force)
+    try:
+        env, busy = begin(device, args.csv, args.no_csv, args.force, args.memory_limit)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -86,22 +92,11 @@ def main(argv=None) -> int:
     with tqdm(total=len(cases) * len(providers), desc="train-step", unit="run", file=sys.stderr,
               leave=False, disable=None) as bar:
         results = run_train_bench(cases, providers, device, QUICK_STEP_TIMING if args.quick else STEP_TIMING,
-                                  progress=bar, seed=args.seed)
-    if busy:  # keep the caveat with the numbers
-        for r in results:
-            r.note = "; ".join(filter(None, [r.note, f"{busy} other processes were running at the start"]))
-    print(format_table(results))
-    for r in results:
-        if r.timing is not None:
-            print(f"{r.kernel} {r.provider:>9} {r.shape}: {r.items / r.timing.p50 * 1e3:8.2f} images/s, "
-                  f"peak {r.peak_mb:8.1f} MiB")
-    print(f"{len(results)} results in {time.perf_counter() - start:.1f} s")
-    if not args.no_csv:
-        n = upsert_rows(args.csv, results_to_rows(results, env))
-        print(f"results upserted into {args.csv} ({n} rows)")
-    wrong = [r for r in results if r.status == "wrong"]
-    return 1 if wrong else 0
-
+                                  progress=bar, seed=args.seed, reps=args.reps,
+                                  memory_limit_gib=args.memory_limit)
+    summary = lambda r: (f"{r.kernel} {r.provider:>9} {r.shape}: {r.items / r.timing.p50 * 1e3:8.2f} images/s, "  # noqa: E731
+                         f"peak {r.peak_mb:8.1f} MiB")
+    return finish(results, env, busy, args.csv, args.no_csv, summary, time.perf_counter() - start)
 
 if __name__ == "__main__":
     sys.exit(main())

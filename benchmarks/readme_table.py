@@ -4,6 +4,7 @@
     python benchmarks/readme_table.py --update-readme                   # rewrite the repo README's marked block
     python benchmarks/readme_table.py --readme OTHER.md --write         # ... or another file's
     python benchmarks/readme_table.py --device H100 --dtype bf16 --metric ms peak_mb
+    python benchmarks/readme_table.py --device EPYC --metric tflops fraction_of_gemm
 
 One table per (device, metric): a row per (op, mode, dtype, shape), a column per provider with
 the median (p50), and the best speedup over the reference. A provider that was not timed shows
@@ -24,8 +25,10 @@ from inpaint_fast.bench.results import mode_key, provider_key, read_rows, shape_
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CSV = os.path.join(HERE, "results", "benchmarks.csv")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-UNITS = {"ms": "ms", "tflops": "TFLOP/s", "gbps": "GB/s", "peak_mb": "peak MiB", "speedup_vs_reference": "× reference"}
-OP_NAMES = {"short_long_attention": "attention", "fusion_block": "fusion block"}
+UNITS = {"ms": "ms", "tflops": "TFLOP/s", "gbps": "GB/s", "peak_mb": "peak MiB", "speedup_vs_reference": "× reference",
+         "fraction_of_gemm": "fraction of the run's GEMM ceiling (fp32 2048³ on the CPU)"}  # fmt: skip
+OP_NAMES = {"short_long_attention": "attention", "fusion_block": "fusion block", "ceiling_gemm": "GEMM ceiling",
+            "ceiling_copy": "copy ceiling"}  # fmt: skip
 # What a cell that holds no number means (the CSV row's `note` says more for each case).
 STATUS_MEANING = {
     "wrong": "failed the correctness gate (an output or gradient further from the fp64 oracle than the dtype's "

@@ -45,5 +45,7 @@ def test_cpu(benchmark, op, mode, sweep, provider):
         pytest.skip(f"{provider}: {note}")
     assert status == "ok", f"{provider} failed the correctness gate: {note}"
     benchmark.group = f"{bench.kernel} {mode} {case.shape}"
-    benchmark.extra_info.update(kernel=bench.kernel, mode=mode, shape=case.shape, threads=torch.get_num_threads())
+    # FLOPs and bytes per call (the formulas of inpaint-fast bench): a rate is extra_info / the time.
+    benchmark.extra_info.update(kernel=bench.kernel, mode=mode, shape=case.shape, threads=torch.get_num_threads(),
+                                flops=bench.flops(case, pass_), bytes=bench.bytes(case, pass_))
     benchmark(make_callable(fn, bench.make_inputs(case, CPU, variant), pass_))

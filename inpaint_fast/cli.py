@@ -208,17 +208,21 @@ def _busy_cpus() -> int:
 
 
 def _run_plan(plan, device, config, seed: int) -> list:
-    """Every result of ``plan``, with progress on the terminal or as lines (inpaint_fast.bench.progress)."""
+    """Every result of ``plan``, with progress on the terminal or as lines (inpaint_fast.bench.progress);
+    on the CPU also the GEMM ceiling, sampled between the cases (inpaint_fast.bench.ceilings)."""
     from inpaint_fast.bench import run
+    from inpaint_fast.bench.ceilings import GemmCeiling
     from inpaint_fast.bench.progress import progress
 
     runs = sum(len(cases) * len(modes) * len(provs) for _, cases, modes, provs in plan)
     case_modes = sum(len(cases) * len(modes) for _, cases, modes, _ in plan)
+    ceiling = GemmCeiling.for_run(device, config) if plan else None
     results = []
     with progress(runs, case_modes) as (bar, on_case):
         for bench, cases, modes, providers in plan:
-            results += run(bench, cases, modes, providers, device, config, progress=bar, on_case=on_case, seed=seed)
-    return results
+            results += run(bench, cases, modes, providers, device, config, progress=bar, on_case=on_case, seed=seed,
+                           ceiling=ceiling)
+    return results + ([ceiling.result()] if ceiling is not None else [])
 
 
 def _save(dest, results, env) -> None:
@@ -397,9 +401,42 @@ def default_workers() -> int:
     return max(0, min(4, _usable_cpus() // processes - 1))
 
 
+def _check_train_kernel_limits(args) -> bool:
+    """--size and --batch against the index and launch limits of the kernels that will run
+    (inpaint_fast/models/sizes.py, :func:`inpaint_fast.inpaint.check_kernel_limits`), before any data
+    is read or anything is built; True when they fit. Whatever else is wrong (a --size that breaks
+    the network's own rule, a bad --batch, --device or --backend) is left to ``prepare``, which
+    reports it as before."""
+    import torch
+
+    from inpaint_fast.inpaint import check_kernel_limits
+    from inpaint_fast.models.sizes import dfnet_size_problem, pic_size_problem
+    from inpaint_fast.training.distributed import parse_device
+    from inpaint_fast.training.errors import UsageError
+    from inpaint_fast.training.run import MODEL_DEFAULTS
+
+    defaults = MODEL_DEFAULTS[args.model]
+    size = args.size if args.size is not None else defaults["size"]
+    batch = args.batch if args.batch is not None else defaults["batch"]
+    rule = pic_size_problem(size, size, training=True) if args.model == "pic" else dfnet_size_problem(size, size)
+    if rule or batch < 1:
+        return True
+    try:
+        device = parse_device(args.device)
+    except UsageError:
+        return True
+    dtype = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp, torch.float32)
+    # PIC's generator decodes both paths at once: 2 x --batch images per attention call.
+    check_kernel_limits(args.model, size, device, args.backend, batch=batch, batch_option="--batch",
+                        per_call=2 if args.model == "pic" else 1, dtype=dtype)
+    return True
+
+
 def run_train(args) -> int:
     from inpaint_fast.training.run import fit, prepare
 
+    if _or_user_error(_check_train_kernel_limits, args) is None:
+        return 2
     prepared = _or_user_error(prepare, args)
     if prepared is None:
         return 2

@@ -21,7 +21,10 @@ image's size; ``--resize-mask`` stretches one that has not. A mask that is mostl
 warning: it is more often an inverted file than a real request.
 
 Every error a user's arguments or files cause is a
-:class:`~inpaint_fast.training.errors.UsageError` naming the option.
+:class:`~inpaint_fast.training.errors.UsageError` naming the option. Sizes are checked before
+anything is read or run: the network's rules (inpaint_fast/models/sizes.py) and the index and
+launch limits of the kernels of the backend that will run (:func:`check_kernel_limits`: e.g. the
+triton backend's PIC attention takes working sizes below 32768x32768, K samples at most 65535).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import torch.nn.functional as F
 
 from inpaint_fast.training.errors import MissingFileError, UsageError
 
-__all__ = ["DEFAULT_SIZES", "inpaint_dfnet", "inpaint_pic", "load_model", "run_inpaint"]
+__all__ = ["DEFAULT_SIZES", "check_kernel_limits", "inpaint_dfnet", "inpaint_pic", "load_model", "resolved_backend",
+           "run_inpaint"]
 
 DEFAULT_SIZES = {"pic": 256, "dfnet": 512}
 CHECKPOINT_EXPECTED = {
@@ -280,6 +284,49 @@ def _make_out(out: str) -> None:
             from exc
 
 
+def resolved_backend(model: str, device: torch.device, backend: Optional[str],
+                     dtype: torch.dtype = torch.float32) -> Optional[str]:
+    """The backend whose kernels will run ``model``'s op (``backend``, None = the default, "auto"
+    resolved for ``device`` and ``dtype``), or None when the request cannot be served (its error
+    comes from :func:`~inpaint_fast.training.run.check_backend` or the op itself)."""
+    import inpaint_fast  # noqa: F401 - registers the ops' backends
+    from inpaint_fast.backends import BackendError, registry
+    from inpaint_fast.training.run import MODEL_OPS
+
+    try:
+        return registry(MODEL_OPS[model]).resolve(backend, device, dtype).backend
+    except BackendError:
+        return None
+
+
+def check_kernel_limits(model: str, size: Optional[int], device: torch.device, backend: Optional[str], *,
+                        batch: int = 1, batch_option: str = "--samples", per_call: int = 1,
+                        dtype: torch.dtype = torch.float32) -> None:
+    """UsageError, naming the option, when the fused kernels that will run ``model``
+    (:func:`resolved_backend`) cannot take ``size`` x ``size`` images (``--size``; None: not
+    checked) or ``batch`` x ``per_call`` of them in one call (``batch_option``; PIC's generator
+    decodes 2 x --batch images per training step, K samples per image in inference).
+
+    The limits are the kernels' index and launch limits (inpaint_fast/models/sizes.py); checked
+    before any network runs, where they would otherwise be an error deep inside the first forward
+    (or, where a kernel does not check, a wrong result).
+    """
+    from inpaint_fast.models.sizes import dfnet_kernel_problem, pic_kernel_problem
+
+    name = resolved_backend(model, device, backend, dtype)
+    problem_of = pic_kernel_problem if model == "pic" else dfnet_kernel_problem
+    label = "PIC" if model == "pic" else "DFNet"
+    if size is not None:
+        problem = problem_of(size, size, 1, name)
+        if problem:
+            raise UsageError(f"--size: {label}: {problem}")
+    calls = batch * per_call
+    problem = problem_of(size or DEFAULT_SIZES[model], size or DEFAULT_SIZES[model], calls, name)
+    if problem:
+        how = f" ({per_call} x {batch_option} images in one call)" if per_call > 1 else ""
+        raise UsageError(f"{batch_option}: {label}{how}: {problem}")
+
+
 def _check_options(args) -> torch.device:
     """The device; UsageError for an option that is wrong before any file is read."""
     from inpaint_fast.training.distributed import parse_device
@@ -297,6 +344,7 @@ def _check_options(args) -> torch.device:
         raise UsageError(f"--samples: expected 1 or more, got {args.samples}")
     if args.size is not None:
         check_size(args.model, args.size, training=False)
+    check_kernel_limits(args.model, args.size, device, args.backend, batch=args.samples)
     _check_out(args.out)
     return device
 
@@ -337,6 +385,7 @@ def run_inpaint(args) -> List[str]:
                                  device=device)
     size = args.size or int(train_args.get("size") or DEFAULT_SIZES[args.model])
     check_size(args.model, size, training=False)
+    check_kernel_limits(args.model, size, device, args.backend, batch=args.samples)  # a checkpoint's size too
     image, mask = image.to(device), mask.to(device)
     _make_out(args.out)
     stem = os.path.splitext(os.path.basename(args.image))[0]

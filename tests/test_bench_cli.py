@@ -27,7 +27,17 @@ TINY = ["--device", "cpu", "--sizes", "32", "--levels", "0", "--batch", "1", "--
         "--providers", "reference"]  # fmt: skip
 ONE = ["bench", "--op", "attention", "--mode", "fwd", "--quick", *TINY]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "small_ceiling")
+SMALL_GEMM = 128
+
+
+@pytest.fixture
+def small_ceiling(monkeypatch):
+    """A 128³ GEMM ceiling in place of the CPU's 2048³ (≈ 1 s a call on one thread), so that every
+    run here measures one quickly; tests/test_bench_ceiling.py runs the real size."""
+    from inpaint_fast.bench import ceilings
+
+    monkeypatch.setitem(ceilings.GEMM_SPECS, "cpu", (SMALL_GEMM, "fp32"))
 
 
 @pytest.fixture
@@ -97,7 +107,7 @@ def test_make_bench_leaves_the_committed_csv_alone(repo_copy, busy, capsys):
     written = repo_copy / "bench-results" / "benchmarks.csv"
     rows = read_rows(str(written))
     print(captured.out)
-    assert {r["kernel"] for r in rows} == {"short_long_attention", "fusion_block"}, len(rows)
+    assert {r["kernel"] for r in rows} == {"short_long_attention", "fusion_block", "ceiling_gemm"}, len(rows)
     assert all("3 other processes were running" in r["note"] for r in rows)
     assert f"results upserted into {os.path.join('bench-results', 'benchmarks.csv')} ({len(rows)} rows)" in captured.out
 
@@ -119,9 +129,11 @@ def test_save_writes_the_committed_csv_of_a_quiet_machine(repo_copy, capsys):
     out = capsys.readouterr().out
     after = read_rows(str(repo_copy / COMMITTED))
     new = [r for r in after if r["kernel"] == "short_long_attention" and r["shape"] == "B1-C128-Cq32-Cp128-N16"]
+    ceiling = [r for r in after if r["kernel"] == "ceiling_gemm" and r["device_name"] == new[0]["device_name"]]
     print(out)
-    assert {r["metric"] for r in new} >= {"ms", "peak_mb"} and all(r["status"] == "ok" for r in new)
-    assert len(after) == len(before) + len(new), (len(before), len(new), len(after))
+    assert {r["metric"] for r in new} >= {"ms", "peak_mb", "fraction_of_gemm"} and all(r["status"] == "ok" for r in new)
+    assert {r["metric"] for r in ceiling} == {"ms", "tflops", "peak_mb"}, ceiling
+    assert len(after) == len(before) + len(new) + len(ceiling), (len(before), len(new), len(after))
     assert f"results upserted into {COMMITTED}" in out
     assert not (repo_copy / "bench-results").exists()
 
@@ -347,3 +359,139 @@ def test_malformed_values_are_one_line_too(args, start, capsys):
     assert (exit_.value.code, len(err), captured.out) == (2, 1, ""), captured.err
     assert err[0].startswith(start), err
 
+
+
+# ---------------------------------------------------------------------------------------------
+# the GEMM ceiling of a CPU run, and fraction_of_gemm
+
+
+def test_a_cpu_run_measures_the_gemm_ceiling_and_every_flop_row_gets_its_fraction(repo_copy, capsys):
+    """One ceiling row (fp32, sampled before each of the 3 (case, variant)s and at the end: 4
+    bursts), and a fraction_of_gemm row, equal to tflops / the ceiling's tflops, for every timed
+    row that counts FLOPs (both ops, every mode)."""
+    assert cli.main(["bench", "--quick", *TINY, "--csv", "out.csv"]) == 0
+    out = capsys.readouterr().out
+    rows = read_rows("out.csv")
+    ceiling = {r["metric"]: r for r in rows if r["kernel"] == "ceiling_gemm"}
+    assert set(ceiling) == {"ms", "tflops", "peak_mb"}, rows
+    gemm = ceiling["tflops"]
+    assert (gemm["provider"], gemm["mode"], gemm["dtype"], gemm["shape"], gemm["status"]) == (
+        "torch", "fwd", "fp32", f"M{SMALL_GEMM}-N{SMALL_GEMM}-K{SMALL_GEMM}", "ok")
+    assert "fp32 in and out" in gemm["note"] and "in 4 bursts between the op timings" in gemm["note"], gemm["note"]
+    by_metric = {}
+    for r in rows:
+        by_metric.setdefault(r["metric"], {})[(r["kernel"], r["provider"], r["mode"], r["shape"])] = r
+    ops = {k for k in by_metric["tflops"] if k[0] != "ceiling_gemm"}
+    assert {k[2] for k in ops} == {"fwd", "fwd+bwd", "eval-fwd", "train-fwd+bwd"}, ops
+    assert set(by_metric["fraction_of_gemm"]) == ops
+    for key in ops:
+        frac, tflops = by_metric["fraction_of_gemm"][key], by_metric["tflops"][key]
+        for q in ("p20", "p50", "p80"):
+            assert float(frac[q]) == pytest.approx(float(tflops[q]) / float(gemm["p50"]), rel=1e-5), key
+    header = next(line for line in out.splitlines() if line.startswith("implementation"))
+    assert "of GEMM" in header
+    # The fusion block's forward counts both: TFLOP/s and GB/s, then the fraction of the GEMM.
+    assert re.search(r"^reference\s+fusion_block\s+eval-fwd .* TFLOP/s, [\d.]+ GB/s\s+\d[\d.]*%", out, re.M), out
+
+
+def test_no_ceiling_without_anything_to_run(monkeypatch):
+    """A plan with no steps measures no ceiling (nothing to divide)."""
+    import torch
+
+    assert cli._run_plan([], torch.device("cpu"), None, 0) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# bench_fusion_block.py --large-levels
+
+
+def test_large_levels_runs_exactly_fuse_0_and_fuse_1_at_512(capsys):
+    import torch
+
+    module = _load_script("bench_fusion_block")
+    argv = module.bench_argv(["--large-levels", "--mode", "eval-fwd", "--no-csv"])
+    assert argv[:3] == ["bench", "--op", "fusion_block"] and "--large-levels" not in argv
+    ((bench, cases, modes, _),) = cli.plan_bench(cli.build_parser().parse_args(argv), torch.device("cpu"))
+    assert [c.shape for c in cases] == ["B1-k0-c4-512x512-img512", "B1-k1-c64-256x256-img512"]
+    assert modes == ("eval-fwd",)
+    # fuse_0 / fuse_1 at 512², B = 1: the FLOPs and bytes the docs state.
+    assert [bench.flops(c, "fwd") for c in cases] == [2224 * 512**2, 2608 * 256**2]
+    assert [round(bench.bytes(c, "fwd") / 1e6, 1) for c in cases] == [16.8, 22.3]
+    for clash in (["--sizes", "256"], ["--levels=2"]):
+        with pytest.raises(ValueError, match=r"^--large-levels: not allowed with --(sizes|levels)"):
+            module.bench_argv(["--large-levels", *clash])
+        assert module.main(["--large-levels", *clash]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --large-levels: not allowed"), err
+
+
+# ---------------------------------------------------------------------------------------------
+# plot.py: peak memory against resolution
+
+
+def _peak_rows():
+    """Synthetic CSV rows as bench_train_step.py writes them (an untimed result has only its ms row)."""
+    env = {"device_name": "Test CPU (2 threads)", "torch_version": "2.13", "triton_version": "", "cuda_version": "",
+           "commit": "abc1234", "timestamp": "2026-01-01T00:00:00+00:00"}  # fmt: skip
+    limit = "out of memory; memory limit 16 GiB (RLIMIT_DATA)"
+    rows = []
+
+    def add(kernel, provider, mode, shape, mb=None, status="ok", note=""):
+        base = dict(kernel=kernel, provider=provider, mode=mode, dtype="fp32", shape=shape, status=status, note=note,
+                    **env)
+        rows.append(dict(base, metric="ms", p50=None if mb is None else 10.0))
+        if mb is not None:
+            rows.append(dict(base, metric="peak_mb", p50=mb))
+
+    for side, ref, fused in ((256, 600.0, 580.0), (512, 2600.0, 900.0)):
+        add("train_step_pic", "reference", "train-step", f"B1-img{side}", ref)
+        add("train_step_pic", "cpu", "train-step", f"B1-img{side}", fused)
+        add("train_step_pic", "cpu", "train-step", f"B2-img{side}", 2 * fused)
+    add("train_step_pic", "reference", "train-step", "B1-img1024", status="oom", note=limit)
+    add("train_step_pic", "cpu", "train-step", "B1-img1024", 2500.0)
+    add("completion_pic", "reference", "inference", "B1-img512", 400.0)
+    add("completion_pic", "reference", "inference", "B1-img1024", status="oom", note="out of memory")
+    add("completion_pic", "cpu", "inference", "B1-img512", 120.0)
+    add("completion_pic", "cpu", "inference", "B1-img1024", 300.0)
+    add("completion_pic", "triton", "inference", "B1-img512", status="unavailable", note="no GPU")  # no line
+    add("train_step_dfnet", "reference", "train-step", "B2-img256", 700.0)  # not in this plot
+    return rows
+
+
+def test_peak_memory_series_reads_points_and_oom_limits(tmp_path):
+    from inpaint_fast.bench.results import read_rows, upsert_rows
+
+    plot = _load_script("plot")
+    assert plot.memory_limit_mib("out of memory; memory limit 16 GiB (RLIMIT_DATA)") == 16 * 1024
+    assert plot.memory_limit_mib("memory limit 512 MiB") == 512 and plot.memory_limit_mib("memory limit 2.5 GB") == 2560
+    assert plot.memory_limit_mib("out of memory") is None and plot.memory_limit_mib("") is None
+    path = str(tmp_path / "r.csv")
+    upsert_rows(path, _peak_rows())  # through the real CSV: empty cells, strings
+    series = plot.peak_memory_series(read_rows(path))
+    (device,) = series
+    assert device == "Test CPU (2 threads)" and sorted(series[device]) == ["completion_pic", "train_step_pic"]
+    train = series[device]["train_step_pic"]
+    assert sorted(train) == [("cpu", 1, "fp32"), ("cpu", 2, "fp32"), ("reference", 1, "fp32")]
+    assert train[("reference", 1, "fp32")] == {"ok": [(256, 600.0), (512, 2600.0)], "oom": [(1024, 16384.0)]}
+    assert train[("cpu", 1, "fp32")] == {"ok": [(256, 580.0), (512, 900.0), (1024, 2500.0)], "oom": []}
+    completion = series[device]["completion_pic"]
+    assert sorted(completion) == [("cpu", 1, "fp32"), ("reference", 1, "fp32")]  # unavailable: no line
+    assert completion[("reference", 1, "fp32")] == {"ok": [(512, 400.0)], "oom": [(1024, None)]}
+
+
+def test_peak_memory_plot_is_written_with_a_stable_name(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from inpaint_fast.bench.results import upsert_rows
+
+    plot = _load_script("plot")
+    path = str(tmp_path / "r.csv")
+    upsert_rows(path, _peak_rows())
+    out = tmp_path / "plots"
+    assert plot.main(["--csv", path, "--out", str(out), "--peak-memory"]) == 0
+    want = out / "peak_memory_vs_resolution_Test-CPU-2-threads.png"
+    assert capsys.readouterr().out.splitlines() == [str(want)]
+    assert want.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and want.stat().st_size > 10_000
+    # A plain run draws it too, next to the per-group plots; a CSV without such rows has none.
+    assert plot.main(["--csv", path, "--out", str(tmp_path / "all")]) == 0
+    assert (tmp_path / "all" / want.name).exists()
+    assert plot.main(["--csv", path, "--out", str(out), "--peak-memory", "--kernel", "fusion_block"]) == 1

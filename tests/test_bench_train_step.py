@@ -83,3 +83,83 @@ def test_script_refuses_noisy_timings_for_the_committed_csv(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert "error: --csv: 2 other process(es)" in err and "--force" in err, err
     assert committed.read_text() == "kernel\n"
+
+
+# --- --memory-limit: each (case, provider) in a capped child process --------------------------------
+
+
+@pytest.fixture
+def one_thread_children(monkeypatch):
+    """Spawned children start torch with one thread (OMP_NUM_THREADS): quick at these sizes, and
+    immune to OpenMP threads waiting on each other while the 2-core machine is busy."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.mark.usefixtures("one_thread_children")
+def test_a_memory_limit_far_too_small_records_oom_and_the_sweep_survives():
+    """A cap 16 MiB above what a child holds once torch and the benchmark are imported: building
+    PIC alone takes ~50 MiB, so the reference's child must fail with a real allocation failure,
+    recorded as oom with the limit in the note, and the parent goes on to the next provider. (The
+    cap is relative to the child's own start, so the failure comes at the same place wherever the
+    test runs, not inside some lazily imported module.)"""
+    from inpaint_fast.bench.memory_limit import data_in_use_gib, run_limited
+
+    start = run_limited(data_in_use_gib, (), 64)
+    assert 0 < start < 4, start
+    limit = math.ceil((start + 16 / 1024) * 1024) / 1024  # GiB, to a MiB
+    case = train_step.TrainCase("pic", 96, 1)
+    results = train_step.run_train_bench([case], ["reference", "cpu"], torch.device("cpu"), TINY,
+                                         reps=1, memory_limit_gib=limit)
+    by = {r.provider: r for r in results}
+    assert by["reference"].status == "oom", by["reference"].note
+    assert by["reference"].timing is None and f"memory limit {limit:g} GiB (RLIMIT_DATA)" in by["reference"].note
+    assert by["cpu"].status in ("oom", "unverified"), by["cpu"].note  # a number or oom; never a crash
+    if by["cpu"].status == "unverified":
+        assert "could not run to check it (oom" in by["cpu"].note
+
+
+@pytest.mark.usefixtures("one_thread_children")
+def test_a_generous_memory_limit_runs_normally_in_child_processes():
+    case = train_step.TrainCase("pic", 96, 1)
+    results = train_step.run_train_bench([case], ["reference", "cpu"], torch.device("cpu"), TINY,
+                                         reps=1, memory_limit_gib=8)
+    by = {r.provider: r for r in results}
+    for r in results:  # Result, timing, peak and losses came back from each child
+        assert r.status == "ok", (r.provider, r.note)
+        assert r.timing is not None and r.timing.reps == 1 and r.peak_mb == r.peak_mb
+        assert "1 timed step" in r.note and "memory limit 8 GiB (RLIMIT_DATA)" in r.note
+    assert "within" in by["cpu"].note  # gated on the reference's losses, returned by its child
+    assert by["cpu"].speedup is not None
+
+
+@pytest.mark.usefixtures("one_thread_children")
+def test_a_child_killed_by_a_signal_is_a_named_failure():
+    import os
+
+    from inpaint_fast.bench.memory_limit import ChildFailed, run_limited
+
+    with pytest.raises(ChildFailed) as info:
+        run_limited(os.abort, (), 1.0)
+    assert info.value.status == "error" and "killed by SIGABRT" in info.value.note
+
+
+@pytest.mark.parametrize("exc", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 17179869184 bytes. Error code 12 (Cannot allocate memory)"),
+    RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 4096 bytes."),
+    MemoryError(),
+])  # fmt: skip
+def test_host_allocation_failures_are_oom(exc):
+    from inpaint_fast.bench.outcome import failure_status
+
+    status, note = failure_status(exc)
+    assert status == "oom" and note.startswith("out of memory"), note
+    if "17179869184" in str(exc):
+        assert "tried to allocate 16.0 GiB" in note
+    assert failure_status(ValueError("bad"))[0] == "error"
+
+
+def test_reps_times_exactly_that_many_steps():
+    calls = []
+    t = train_step.time_steps(lambda: calls.append(1), torch.device("cpu"), 3)
+    assert len(calls) == 3 and t.reps == 3 and t.p20 <= t.p50 <= t.p80

@@ -204,3 +204,40 @@ def test_help_texts_state_the_mask_convention():
         assert "--invert-mask" in text, name
     assert "--resize-mask" in helps["inpaint"] and "--mask-convention" not in helps["inpaint"]
     assert "--overwrite" in helps["train"] and "delete its checkpoints/, samples/ and metrics.jsonl" in helps["train"]
+
+
+def test_kernel_limits_are_checked_before_anything_is_read(tmp_path, pic_checkpoint, monkeypatch, capsys):
+    """The working size and the samples against the limits of the kernels that will run: with the
+    triton backend (as on a GPU machine) PIC's attention takes H*W < 2^30 and 65535 images per call;
+    the cpu backend has no such limit, so the same arguments get as far as reading --image."""
+    from inpaint_fast import inpaint
+
+    base = ["inpaint", "--model", "pic", "--checkpoint", pic_checkpoint, "--image", str(tmp_path / "none.png"),
+            "--mask", str(tmp_path / "none.png"), "--out", str(tmp_path / "o"), "--device", "cpu"]
+    assert cli.main([*base, "--size", "32768", "--backend", "cpu"]) == 2
+    assert "--image: no file" in capsys.readouterr().err  # the cpu kernels take it: on to the files
+    monkeypatch.setattr(inpaint, "resolved_backend", lambda *a, **k: "triton")
+    assert cli.main([*base, "--size", "32768"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --size: PIC: the triton backend's attention") and "\n" not in err, err
+    assert "below 2^30 = 1073741824 pixels (e.g. 32736x32736); got 32768x32768" in err, err
+    assert cli.main([*base, "--samples", "65536"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --samples: PIC: the triton backend's attention launches the batch") and \
+        "at most 65535 images per call; got 65536" in err and "\n" not in err, err
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_a_checkpoints_size_is_checked_against_the_kernel_limits(tmp_path, monkeypatch, capsys):
+    """No --size: the size recorded in the checkpoint is the working size, checked before the network runs."""
+    from inpaint_fast import inpaint
+    from inpaint_fast.models.pic import PIC
+
+    big = _ours("pic", PIC(), tmp_path / "big.pt", size=32768)
+    img, mask, _, _ = _image_and_mask(tmp_path, 64, 64)
+    monkeypatch.setattr(inpaint, "resolved_backend", lambda *a, **k: "triton")
+    monkeypatch.setattr(inpaint, "inpaint_pic", lambda *a, **k: pytest.fail("the network ran"))
+    assert cli.main(["inpaint", "--model", "pic", "--checkpoint", big, "--image", img, "--mask", mask,
+                     "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --size: PIC: the triton backend's attention") and "got 32768x32768" in err, err

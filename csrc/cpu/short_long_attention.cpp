@@ -4,12 +4,21 @@
 // P = softmax over the keys of E, V = [x; pre] the concatenated values (Ctot = C + Cp channels),
 // O = V P^T = [sa; ca] the un-gated attention outputs.
 //
-// The N x N map is never materialised. Work is split into strips of up to 128 query rows: a strip
-// holds the complete score rows of its queries (rows x N), so the softmax is exact and needs no
-// online rescaling, and every product is a plain BLAS GEMM on tensor views (inside
-// at::parallel_for, MKL runs single-threaded, one strip per thread at a time). Peak extra memory
-// is therefore O(threads * rows * N) for the strips plus O(threads * N * (Cq + Ctot)) for the
-// backward accumulators, instead of the O(N^2) of the reference.
+// The N x N map is never materialised. Work is split into strips of query rows (up to 64 in the
+// forward, 128 in the backward; see kForwardBlockRows): a strip holds the complete score rows of
+// its queries (rows x N), so the softmax is exact and needs no online rescaling. Every product is
+// a plain BLAS GEMM on tensor views (inside at::parallel_for, MKL runs single-threaded, one strip
+// per thread at a time), and the elementwise work between the GEMMs is done by fused row kernels
+// (short_long_attention_rows.h), row by row. Peak extra memory is therefore O(threads * rows * N) for the strips plus
+// O(threads * N * (Cq + Ctot)) for the backward accumulators, instead of the O(N^2) of the
+// reference.
+//
+// Layouts are chosen for the GEMMs, whose speed depends on them far more than the O(N * C)
+// transposes cost: position-major copies (N x channels) of q, V and the upstream gradients make
+// every strip-side operand and result a contiguous block of rows, and the strips' row stride is
+// padded off a multiple of 4 KiB (a power-of-two stride maps the rows of a GEMM panel onto the same
+// cache sets; measured at N = 4096: the P.V product ran at 70% of the rate it has at a padded
+// stride).
 //
 // All arithmetic runs in accumulate_dtype (csrc/dtypes.h): float32 for float32 and bfloat16 inputs,
 // float64 for float64 inputs. bfloat16 inputs are converted once at entry and the results
@@ -26,21 +35,24 @@
 #include "../dtypes.h"
 #include "../short_long_attention_inputs.h"
 #include "common.h"
+#include "short_long_attention_rows.h"
 
 namespace inpaint_fast {
 namespace cpu {
 namespace {
 
-// Query rows per strip. The GEMMs are what the kernel spends its time in (about 90% of it at
-// N = 4096), and on a 2-core AVX-512 machine 96 to 192 rows run them equally fast, while 64 rows
-// is measurably slower. 128 rows keep the strips at 2 MiB (forward) and 4 MiB (backward) per
-// thread at N = 4096.
-constexpr int64_t kMaxBlockRows = 128;
+// Query rows per strip, per direction. Measured at N = 4096 on a 2-core AVX-512 Xeon (1.25 MiB L2
+// per core), one thread, each kernel timed in turn with a 2048^3 GEMM: the forward ran at 62% of
+// the GEMM's rate with 64 rows and 56% with 128 (a 64-row strip, 1 MiB, stays in L2 between the
+// softmax and the P.V GEMM), the backward at 52-56% with 64 rows and 60-62% with 128 (its
+// key-side accumulators take one rank-`rows` update per strip: deeper updates run faster).
+constexpr int64_t kForwardBlockRows = 64;
+constexpr int64_t kBackwardBlockRows = 128;
 // Smaller images get smaller strips so that every thread still has work, down to this size.
 constexpr int64_t kMinBlockRows = 16;
 
-constexpr double kLog2e = 1.4426950408889634074;  // log2(e)
-constexpr double kLn2 = 0.69314718055994530942;    // ln(2)
+// Extra elements per row of N: keeps the row stride off a multiple of 4 KiB (see the top).
+constexpr int64_t kStripPad = 16;
 
 // The structural checks (csrc/short_long_attention_inputs.h), then the CPU dtype envelope for the
 // tensors the kernels read.
@@ -77,14 +89,47 @@ at::Tensor finish(const at::Tensor& t, at::IntArrayRef shape, at::ScalarType dty
 }
 
 // Rows per strip for `batch` images of n positions: the largest power-of-two fraction of
-// kMaxBlockRows that still gives each thread at least two strips, when that is possible.
-int64_t choose_block_rows(int64_t n, int64_t batch) {
+// `max_rows` that still gives each thread at least two strips, when that is possible.
+int64_t choose_block_rows(int64_t n, int64_t batch, int64_t max_rows) {
   const int64_t want = 2 * at::get_num_threads();
-  int64_t bm = kMaxBlockRows;
+  int64_t bm = max_rows;
   while (bm > kMinBlockRows && batch * ((n + bm - 1) / bm) < want) {
     bm /= 2;
   }
   return std::max<int64_t>(1, std::min(bm, n));
+}
+
+// (B, ch, H, W) -> contiguous position-major (B, N, ch) in the compute dtype.
+at::Tensor flat_t(const at::Tensor& t, at::ScalarType dtype) {
+  return flat(t, dtype).transpose(1, 2).contiguous();
+}
+
+// [a; b] along channels in position-major layout: (B, N, ca + cb).
+at::Tensor cat_t(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype) {
+  return at::cat({flat(a, dtype), flat(b, dtype)}, 1).transpose(1, 2).contiguous();
+}
+
+// An uninitialised (d0, d1, n) tensor whose rows of n elements sit at the padded stride: for every
+// GEMM operand or result with rows over all N positions (strips, channel-major q and V,
+// key-side accumulators).
+at::Tensor padded_rows(int64_t d0, int64_t d1, int64_t n, const at::TensorOptions& opts) {
+  return at::empty({d0, d1, n + kStripPad}, opts).narrow(2, 0, n);
+}
+
+// (B, ch, H, W) -> (B, ch, N) in the compute dtype, rows at the padded stride.
+at::Tensor flat_padded(const at::Tensor& t, const at::TensorOptions& opts) {
+  at::Tensor out = padded_rows(t.size(0), t.size(1), t.size(2) * t.size(3), opts);
+  out.copy_(t.reshape({t.size(0), t.size(1), -1}));
+  return out;
+}
+
+// The two passes of the softmax backward on a strip: the energies in `p` become P = exp(E - lse)
+// while delta_i = sum_j P_ij dP_ij is summed, then dP in `ds` becomes dS = P * (dP - delta).
+template <typename T>
+void softmax_backward_rows(at::Tensor& p, at::Tensor& ds, int64_t rows, T scale, const T* lse, T* delta) {
+  const int64_t n = p.size(1);
+  probabilities_delta_strip<T>(p.data_ptr<T>(), ds.data_ptr<T>(), rows, n, p.stride(0), scale, lse, delta);
+  softmax_grad_strip<T>(p.data_ptr<T>(), ds.data_ptr<T>(), rows, n, ds.stride(0), delta);
 }
 
 // Splits [0, n) into `parts` nearly equal contiguous ranges; returns the start of range `i`.
@@ -105,81 +150,72 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
   const auto acc = accumulate_dtype(x.scalar_type());
   const auto opts = x.options().dtype(acc);
 
-  // q serves as query and key: one flattened copy feeds both sides of the score GEMM.
-  const at::Tensor Q = flat(q, acc);                                     // (B, Cq, N)
-  // Both value streams see the same P, so one GEMM against [x; pre] reads each strip of P once.
-  const at::Tensor V = g.has_pre ? at::cat({flat(x, acc), flat(*pre, acc)}, 1)
-                                 : flat(x, acc);                         // (B, Ctot, N)
+  // q serves as query and key: the score GEMM of a strip is Qt[rows] (rows x Cq) @ Q (Cq x N).
+  const at::Tensor Q = flat_padded(q, opts);  // (B, Cq, N)
+  const at::Tensor Qt = flat_t(q, acc);        // (B, N, Cq)
+  // Both value streams see the same P, so one GEMM against [x; pre] reads each strip of P once;
+  // position-major, its result for a strip is a contiguous block of rows of Ot.
+  const at::Tensor Vt = g.has_pre ? cat_t(x, *pre, acc) : flat_t(x, acc);  // (B, N, Ctot)
 
-  at::Tensor O = at::empty({B, Ctot, N}, opts);  // [sa; ca]
+  at::Tensor Ot = at::empty({B, N, Ctot}, opts);  // [sa; ca], position-major
   at::Tensor lse = at::empty({B, N}, opts);
 
   if (N > 0 && B > 0) {
-    const int64_t BM = choose_block_rows(N, B);
+    const int64_t BM = choose_block_rows(N, B, kForwardBlockRows);
     const int64_t nblk = (N + BM - 1) / BM;
     const int64_t items = B * nblk;
     const int64_t nchunks = std::min<int64_t>(at::get_num_threads(), items);
     // Per-chunk scratch, allocated once: the score strip and the row statistics.
-    at::Tensor strip = at::empty({nchunks, BM, N}, opts);
-    at::Tensor row_max = at::empty({nchunks, BM, 1}, opts);
-    at::Tensor row_sum = at::empty({nchunks, BM, 1}, opts);
+    at::Tensor strip = padded_rows(nchunks, BM, N, opts);
+    at::Tensor row_stats = at::empty({nchunks, 2, BM}, opts);
 
     // One chunk per thread with a fixed item range, so the work split (and every result bit)
     // does not depend on how the backend schedules chunks onto threads. Strips are independent
     // in the forward, so (image, strip) pairs are spread over the chunks freely.
-    at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
-      // Worker threads do not inherit the caller's dispatch state, so without this guard the ATen
-      // calls below would go through the autograd layer (and reject out= on inputs that
-      // require grad). Kernels always run below autograd.
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      for (int64_t c = cbegin; c < cend; ++c) {
-        for (int64_t it = split_point(items, nchunks, c); it < split_point(items, nchunks, c + 1);
-             ++it) {
-          const int64_t b = it / nblk;
-          const int64_t i0 = (it % nblk) * BM;
-          const int64_t rows = std::min(BM, N - i0);
-          at::Tensor s = strip[c].narrow(0, 0, rows);
-          at::Tensor mx = row_max[c].narrow(0, 0, rows);
-          at::Tensor l = row_sum[c].narrow(0, 0, rows);
+    AT_DISPATCH_FLOATING_TYPES(acc, "short_long_attention_fwd_cpu", [&] {
+      const scalar_t sc = static_cast<scalar_t>(scale);
+      at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
+        // Worker threads do not inherit the caller's dispatch state, so without this guard the
+        // ATen calls below would go through the autograd layer (and reject out= on inputs that
+        // require grad). Kernels always run below autograd.
+        at::AutoDispatchBelowADInplaceOrView below_autograd;
+        for (int64_t c = cbegin; c < cend; ++c) {
+          scalar_t* mx = row_stats[c][0].data_ptr<scalar_t>();
+          scalar_t* l = row_stats[c][1].data_ptr<scalar_t>();
+          for (int64_t it = split_point(items, nchunks, c); it < split_point(items, nchunks, c + 1);
+               ++it) {
+            const int64_t b = it / nblk;
+            const int64_t i0 = (it % nblk) * BM;
+            const int64_t rows = std::min(BM, N - i0);
+            at::Tensor s = strip[c].narrow(0, 0, rows);
 
-          // Energies of the strip against every key: (rows x Cq) @ (Cq x N), then the scale.
-          at::mm_out(s, Q[b].narrow(1, i0, rows).t(), Q[b]);
-          if (scale != 1.0) {
-            s.mul_(scale);
+            // Energies of the strip against every key: (rows x Cq) @ (Cq x N).
+            at::mm_out(s, Qt[b].narrow(0, i0, rows), Q[b]);
+            // Exact max-subtracted softmax in one pass after the max, left unnormalised: dividing
+            // the (rows x Ctot) output by the row sums is cheaper than dividing the strip.
+            softmax_strip<scalar_t>(s.data_ptr<scalar_t>(), rows, N, s.stride(0), sc, mx, l);
+            // [sa; ca] for the strip's positions: (rows x N) @ (N x Ctot), rows of Ot.
+            at::Tensor o = Ot[b].narrow(0, i0, rows);
+            at::mm_out(o, s, Vt[b]);
+            o.div_(row_stats[c][1].narrow(0, 0, rows).unsqueeze(1));
+            scalar_t* lse_rows = lse[b].data_ptr<scalar_t>() + i0;
+            for (int64_t r = 0; r < rows; ++r) lse_rows[r] = mx[r] + std::log(l[r]);
           }
-          // Exact max-subtracted softmax, left unnormalised: dividing the (Ctot x rows) output
-          // by the row sums is cheaper than dividing the (rows x N) strip. The max is subtracted
-          // in natural units *before* the conversion to base 2: exp2 is about three times faster
-          // than exp in ATen, and rounding (E - max) * log2(e) costs a relative error of
-          // (E - max), which is small where the probabilities are large. (Folding log2(e) into
-          // the GEMM instead would round E itself: an error of eps * |E| on every probability,
-          // measured at up to 3x the reference's error on trained-like energies.)
-          at::amax_out(mx, s, {1}, /*keepdim=*/true);
-          s.sub_(mx).mul_(kLog2e).exp2_();
-          at::sum_out(l, s, {1}, /*keepdim=*/true);
-          // [sa; ca] for the strip's positions, written straight into their columns of O
-          // (BLAS takes the row stride N): (Ctot x N) @ (N x rows).
-          at::Tensor o = O[b].narrow(1, i0, rows);
-          at::mm_out(o, V[b], s.t());
-          o.div_(l.view({1, rows}));
-          // lse = max + ln(sum) = max + ln(2) * log2(sum).
-          at::Tensor lse_rows = lse[b].narrow(0, i0, rows).unsqueeze(1);
-          at::log2_out(lse_rows, l);
-          lse_rows.mul_(kLn2).add_(mx);
         }
-      }
+      });
     });
   }
 
+  const at::Tensor O = Ot.transpose(1, 2);  // (B, Ctot, N) view
   // The gated outputs are cheap O(N * C) elementwise work, done on whole tensors.
   const at::Tensor sa_acc = O.narrow(1, 0, C);
-  const at::Tensor xf = V.narrow(1, 0, C);
+  const at::Tensor xf = flat(x, acc);
   at::Tensor y = finish(at::add(xf, sa_acc, gamma.item<double>()), {B, C, H, W}, x.scalar_type());
   at::Tensor sa = finish(sa_acc, {B, C, H, W}, x.scalar_type());
   at::Tensor cf, ca;
   if (g.has_pre) {
     const at::Tensor ca_acc = O.narrow(1, C, Cp);
-    const at::Tensor pf = V.narrow(1, C, Cp);
+    const at::Tensor pf = flat(*pre, acc);
     const at::Tensor m = flat(*mask, acc);  // (B, 1, N)
     const double a = alpha->item<double>();
     // cf = (1 - m) * (a * ca) + m * pre, evaluated as written so that visible pixels (m = 1)
@@ -209,14 +245,13 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
   const auto opts = x.options().dtype(acc);
   const double gam = gamma.item<double>();
 
-  const at::Tensor Q = flat(q, acc);        // (B, Cq, N)
+  const at::Tensor Q = flat_padded(q, opts);  // (B, Cq, N)
   const at::Tensor dy = flat(grad_y, acc);  // (B, C, N)
   const at::Tensor xf = flat(x, acc);
   const at::Tensor saf = flat(sa, acc);
 
-  // The probabilities are recomputed as P = exp2(log2(e) * (E - lse)), subtracting lse in
-  // natural units first for the accuracy reason given in the forward.
-  const at::Tensor lse_f = lse.to(acc).reshape({B, N});
+  // The probabilities are recomputed as P = exp(E - lse).
+  const at::Tensor lse_f = lse.to(acc).reshape({B, N}).contiguous();
 
   // Upstream gradients of the un-gated outputs, dA = [gamma * dy; alpha * (1 - m) * dcf] in the
   // channel layout of V = [x; pre].
@@ -226,130 +261,130 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
     caf = flat(ca, acc);
     m = flat(*mask, acc);
     dcf = has_grad_cf ? flat(grad_cf, acc) : at::zeros({B, Cp, N}, opts);
-    V = at::cat({xf, pf}, 1);  // (B, Ctot, N)
+    V = padded_rows(B, Ctot, N, opts);  // (B, Ctot, N)
+    V.narrow(1, 0, C).copy_(xf);
+    V.narrow(1, C, Cp).copy_(pf);
     dA = at::empty({B, Ctot, N}, opts);
     at::Tensor dA1 = dA.narrow(1, 0, C);
     at::Tensor dA2 = dA.narrow(1, C, Cp);
     at::mul_out(dA1, dy, gam);
     at::mul_out(dA2, dcf, (1 - m) * alpha->item<double>());
   } else {
-    V = xf;
+    V = flat_padded(x, opts);
     dA = dy * gam;
   }
+  // Position-major copies for the strip-side GEMM operands (see the top of the file).
+  const at::Tensor Qt = flat_t(q, acc);                    // (B, N, Cq)
+  const at::Tensor dAt = dA.transpose(1, 2).contiguous();  // (B, N, Ctot)
 
-  // dq in channel layout (B, Cq, N): the strip of query rows I writes columns I of Q dS^T
-  // directly; the key-side term Q_I dS touches every column and goes to per-chunk accumulators,
-  // as does the values' gradient dA_I P (Ctot x N).
-  at::Tensor dq = at::empty({B, Cq, N}, opts);
-  at::Tensor dv = at::empty({B, Ctot, N}, opts);
+  // The query-side term of dq, (dS Q^T)_I for the strip's rows I, is a block of rows of dq_rows
+  // (B, N, Cq); the key-side term Q_I dS touches every column of dq (B, Cq, N) and, like the
+  // values' gradient dA_I P (Ctot x N), is accumulated over the strips.
+  at::Tensor dq_rows = at::empty({B, N, Cq}, opts);
+  at::Tensor dq = padded_rows(B, Cq, N, opts);
+  at::Tensor dv = padded_rows(B, Ctot, N, opts);
 
   if (N > 0 && B > 0) {
-    const int64_t BM = choose_block_rows(N, B);
+    const int64_t BM = choose_block_rows(N, B, kBackwardBlockRows);
     const int64_t nblk = (N + BM - 1) / BM;
     const int64_t T = at::get_num_threads();
     // Two ways to spread the work. When one image has at least as many strips as there are
     // threads, images are processed one after another and their strips are split over the
     // chunks; the per-chunk accumulators are then summed in chunk order. Otherwise (many small
-    // images) each chunk owns whole images, so its accumulators hold complete sums.
+    // images) each chunk owns whole images, so it accumulates straight into dq and dv.
     const bool split_strips = nblk >= T || B == 1;
     const int64_t nchunks = split_strips ? std::min(T, nblk) : std::min(T, B);
 
-    at::Tensor strip_p = at::empty({nchunks, BM, N}, opts);
-    at::Tensor strip_ds = at::empty({nchunks, BM, N}, opts);
-    at::Tensor row_delta = at::empty({nchunks, BM, 1}, opts);
-    at::Tensor acc_q = at::empty({nchunks, Cq, N}, opts);
-    // In split mode the first chunk accumulates the values' gradient straight into dv, so only
-    // the others need buffers of their own.
-    at::Tensor acc_v = at::empty({split_strips ? nchunks - 1 : 0, Ctot, N}, opts);
+    at::Tensor strip_p = padded_rows(nchunks, BM, N, opts);
+    at::Tensor strip_ds = padded_rows(nchunks, BM, N, opts);
+    at::Tensor row_delta = at::empty({nchunks, BM}, opts);
+    // In split mode the first chunk accumulates straight into dq and dv, so only the others need
+    // buffers of their own.
+    const int64_t extra = split_strips ? nchunks - 1 : 0;
+    at::Tensor acc_q = padded_rows(extra, Cq, N, opts);
+    at::Tensor acc_v = padded_rows(extra, Ctot, N, opts);
 
-    // Processes strips [blk_begin, blk_end) of image b with the scratch of chunk c, and leaves
-    // the key-side sums of those strips in aq (Cq x N) and av (Ctot x N). The first strip
-    // overwrites them (a GEMM with beta = 0), which spares a separate zero fill.
-    auto run_strips = [&](int64_t b, int64_t blk_begin, int64_t blk_end, int64_t c,
-                          at::Tensor aq, at::Tensor av) {
-      if (blk_begin == blk_end) {
-        aq.zero_();
-        av.zero_();
-        return;
-      }
-      const at::Tensor lse_b = lse_f[b];
-      const at::Tensor Q_b = Q[b];
-      const at::Tensor V_b = V[b];
-      const at::Tensor dA_b = dA[b];
-      at::Tensor dq_b = dq[b];
-      for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
-        const int64_t i0 = blk * BM;
-        const int64_t rows = std::min(BM, N - i0);
-        at::Tensor p = strip_p[c].narrow(0, 0, rows);
-        at::Tensor ds = strip_ds[c].narrow(0, 0, rows);
-        const at::Tensor dA_rows = dA_b.narrow(1, i0, rows);  // (Ctot, rows)
-        const at::Tensor Q_rows = Q_b.narrow(1, i0, rows);    // (Cq, rows)
-
-        // P = exp2(log2(e) * (E - lse)): one GEMM plus elementwise passes.
-        at::mm_out(p, Q_rows.t(), Q_b);
-        if (scale != 1.0) {
-          p.mul_(scale);
+    AT_DISPATCH_FLOATING_TYPES(acc, "short_long_attention_bwd_cpu", [&] {
+      const scalar_t sc = static_cast<scalar_t>(scale);
+      // Processes strips [blk_begin, blk_end) of image b with the scratch of chunk c, and leaves
+      // the key-side sums of those strips in aq (Cq x N) and av (Ctot x N). The first strip
+      // overwrites them (a GEMM with beta = 0), which spares a separate zero fill.
+      auto run_strips = [&](int64_t b, int64_t blk_begin, int64_t blk_end, int64_t c, at::Tensor aq,
+                            at::Tensor av) {
+        if (blk_begin == blk_end) {
+          aq.zero_();
+          av.zero_();
+          return;
         }
-        p.sub_(lse_b.narrow(0, i0, rows).unsqueeze(1)).mul_(kLog2e).exp2_();
-        // dS = P * (dP - delta) with dP = dA_I^T V (both value streams) and
-        // delta_i = sum_j P_ij dP_ij. Flash-style kernels take delta from the saved outputs
-        // (sum_c dA_ci O_ci, equal in exact arithmetic) because they never hold a whole row; the
-        // strip does hold it, and the row's own sum is consistent with its P and dP, so the
-        // rounding errors cancel in dP - delta as in PyTorch's softmax backward. Measured: the
-        // saved-output delta gave grad_q errors up to 4x the reference's in float32.
-        at::Tensor d = row_delta[c].narrow(0, 0, rows);
-        at::mm_out(ds, dA_rows.t(), V_b);
-        ds.mul_(p);
-        at::sum_out(d, ds, {1}, /*keepdim=*/true);
-        ds.addcmul_(p, d, -1.0);
-        // Query side: columns I of Q dS^T (the scale is applied once at the end).
-        at::Tensor dq_cols = dq_b.narrow(1, i0, rows);
-        at::mm_out(dq_cols, Q_b, ds.t());
-        // Key side: Q_I dS, and the values' gradient dA_I P, for every key column.
-        if (blk == blk_begin) {
-          at::mm_out(aq, Q_rows, ds);
-          at::mm_out(av, dA_rows, p);
-        } else {
-          aq.addmm_(Q_rows, ds);
-          av.addmm_(dA_rows, p);
-        }
-      }
-    };
+        const at::Tensor Q_b = Q[b];
+        const at::Tensor Qt_b = Qt[b];
+        const at::Tensor V_b = V[b];
+        const scalar_t* lse_b = lse_f[b].data_ptr<scalar_t>();
+        scalar_t* delta = row_delta[c].data_ptr<scalar_t>();
+        for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+          const int64_t i0 = blk * BM;
+          const int64_t rows = std::min(BM, N - i0);
+          at::Tensor p = strip_p[c].narrow(0, 0, rows);
+          at::Tensor ds = strip_ds[c].narrow(0, 0, rows);
+          const at::Tensor dAt_rows = dAt[b].narrow(0, i0, rows);  // (rows, Ctot)
+          const at::Tensor Qt_rows = Qt_b.narrow(0, i0, rows);     // (rows, Cq)
 
-    if (split_strips) {
-      for (int64_t b = 0; b < B; ++b) {
-        at::Tensor dq_b = dq[b];
-        at::Tensor dv_b = dv[b];
-        at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
-          at::AutoDispatchBelowADInplaceOrView below_autograd;  // See the forward.
-          for (int64_t c = cbegin; c < cend; ++c) {
-            run_strips(b, split_point(nblk, nchunks, c), split_point(nblk, nchunks, c + 1), c,
-                       acc_q[c], c == 0 ? dv_b : acc_v[c - 1]);
+          // Energies (rows x Cq) @ (Cq x N), and dP = dA_I^T V (both value streams).
+          at::mm_out(p, Qt_rows, Q_b);
+          at::mm_out(ds, dAt_rows, V_b);
+          // P = exp(E - lse) with delta_i = sum_j P_ij dP_ij, then dS = P * (dP - delta).
+          // Flash-style kernels take delta from the saved outputs (sum_c dA_ci O_ci, equal in
+          // exact arithmetic) because they never hold a whole row; the strip does hold it, and the
+          // row's own sum is consistent with its P and dP, so the rounding errors cancel in
+          // dP - delta as in PyTorch's softmax backward. Measured: the saved-output delta gave
+          // grad_q errors up to 4x the reference's in float32.
+          softmax_backward_rows(p, ds, rows, sc, lse_b + i0, delta);
+          // Query side: rows I of dS Q^T (the scale is applied once at the end).
+          at::Tensor dq_r = dq_rows[b].narrow(0, i0, rows);
+          at::mm_out(dq_r, ds, Qt_b);
+          // Key side: Q_I dS, and the values' gradient dA_I P, for every key column.
+          if (blk == blk_begin) {
+            at::mm_out(aq, Qt_rows.t(), ds);
+            at::mm_out(av, dAt_rows.t(), p);
+          } else {
+            aq.addmm_(Qt_rows.t(), ds);
+            av.addmm_(dAt_rows.t(), p);
           }
-        });
-        // Summing the chunks in a fixed order keeps the result deterministic.
-        for (int64_t c = 0; c < nchunks; ++c) {
-          dq_b.add_(acc_q[c]);
-          if (c > 0) {
+        }
+      };
+
+      if (split_strips) {
+        for (int64_t b = 0; b < B; ++b) {
+          at::Tensor dq_b = dq[b];
+          at::Tensor dv_b = dv[b];
+          at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
+            at::AutoDispatchBelowADInplaceOrView below_autograd;  // See the forward.
+            for (int64_t c = cbegin; c < cend; ++c) {
+              run_strips(b, split_point(nblk, nchunks, c), split_point(nblk, nchunks, c + 1), c,
+                         c == 0 ? dq_b : acc_q[c - 1], c == 0 ? dv_b : acc_v[c - 1]);
+            }
+          });
+          // Summing the chunks in a fixed order keeps the result deterministic.
+          for (int64_t c = 1; c < nchunks; ++c) {
+            dq_b.add_(acc_q[c - 1]);
             dv_b.add_(acc_v[c - 1]);
           }
         }
-      }
-    } else {
-      at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
-        at::AutoDispatchBelowADInplaceOrView below_autograd;  // See the forward.
-        for (int64_t c = cbegin; c < cend; ++c) {
-          for (int64_t b = split_point(B, nchunks, c); b < split_point(B, nchunks, c + 1); ++b) {
-            run_strips(b, 0, nblk, c, acc_q[c], dv[b]);
-            dq[b].add_(acc_q[c]);
+      } else {
+        at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
+          at::AutoDispatchBelowADInplaceOrView below_autograd;  // See the forward.
+          for (int64_t c = cbegin; c < cend; ++c) {
+            for (int64_t b = split_point(B, nchunks, c); b < split_point(B, nchunks, c + 1); ++b) {
+              run_strips(b, 0, nblk, c, dq[b], dv[b]);
+            }
           }
-        }
-      });
-    }
+        });
+      }
+    });
   }
 
-  // dq = scale * (dS + dS^T) q.
-  at::Tensor grad_q = finish(dq.mul_(scale), {B, Cq, H, W}, q.scalar_type());
+  // dq = scale * (dS + dS^T) q: the key-side sums plus the query-side rows.
+  at::Tensor grad_q = finish(dq.add_(dq_rows.transpose(1, 2)).mul_(scale), {B, Cq, H, W}, q.scalar_type());
   at::Tensor grad_x = finish(dv.narrow(1, 0, C).add_(dy), {B, C, H, W}, x.scalar_type());
   at::Tensor grad_gamma = finish((dy * saf).sum(), gamma.sizes(), gamma.scalar_type());
   at::Tensor grad_pre, grad_mask, grad_alpha;

@@ -37,6 +37,22 @@
 namespace inpaint_fast {
 namespace cpu {
 
+// 64-byte GCC vector types: each target clone lowers them to its own registers (one zmm, two ymm
+// or four xmm), which is how a max reduction vectorises without -ffast-math (the lane pattern
+// below does not, for max).
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef double f64x8 __attribute__((vector_size(64)));
+template <typename T>
+struct Vec64;
+template <>
+struct Vec64<float> {
+  using type = f32x16;
+};
+template <>
+struct Vec64<double> {
+  using type = f64x8;
+};
+
 // Independent partial sums of a row reduction (one AVX2 register of floats).
 constexpr int kLanes = 8;
 
@@ -73,6 +89,44 @@ IPF_INLINE double exp_d(double x_in) {
   std::memcpy(&scale, &bits, sizeof scale);
   const double e = p * scale;
   return x_in > 709.782712893384 ? std::numeric_limits<double>::infinity() : (x_in < -708.0 ? 0.0 : e);
+}
+
+// exp(x) in float to ~2 ulp, branch-free (for the attention's probabilities, which are float for
+// float and bfloat16 inputs): x = n ln2 + r with ln2 split in two (Cody-Waite), |r| <= ln2/2, the
+// degree-7 Taylor polynomial of e^r (truncation < 6e-9 relative, below float's 6e-8 unit) and 2^n
+// in the exponent bits. Accurate on [-87.33, 88.3] (the attention's arguments are <= 0 up to
+// rounding); below -87.33, where e^x leaves float's normal range, the result is 0, above 88.72 inf,
+// and in between e^88.3 (2^n must stay a normal float).
+IPF_INLINE float exp_f(float x_in) {
+  const float x = std::min(std::max(x_in, -87.3365479f), 88.3f);
+  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold round(x / ln2)
+  const float t = x * 1.44269504088896341f + kShift;
+  const float n = t - kShift;
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t bits, shift_bits;
+  std::memcpy(&bits, &t, sizeof bits);
+  std::memcpy(&shift_bits, &kShift, sizeof shift_bits);
+  bits = (bits - shift_bits + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  const float e = p * scale;
+  return x_in > 88.7228391f ? std::numeric_limits<float>::infinity() : (x_in < -87.3365479f ? 0.0f : e);
+}
+
+// exp in the accumulation type of a kernel: exp_f for float, exp_d for double.
+IPF_INLINE float exp_acc(float x) {
+  return exp_f(x);
+}
+IPF_INLINE double exp_acc(double x) {
+  return exp_d(x);
 }
 
 IPF_INLINE double sigmoid_d(double v) {

@@ -13,7 +13,25 @@ Bytes (the compulsory traffic of one forward, reported as GB/s for ``eval-fwd`` 
                                 deeper levels read 4·h·w of the H·W pixels (k = 0, 1: all of them)
      + 9·B·h·w)                 write Y, α and R (3 channels each)
     × the dtype's size. The weights (≤ 2.7 K parameters) are negligible. A two-pass training
-    forward must read more than this; the figure is then an effective bandwidth.
+    forward must read more than this; the figure is then an effective bandwidth. Backward modes
+    report no GB/s.
+
+FLOPs (multiply-adds count 2; per pixel of the h×w grid, Cm = 32, A = 3; reported as TFLOP/s
+and, on the CPU, as a fraction of the run's GEMM ceiling; docs/fusion_block.md#cost):
+    convs   3c + 6·Cm + 9·Cm·A + A² = 3c + 1065 multiply-adds:
+            map2img 1×1 c→3 (3c), conv1 1×1 6→Cm (192), the 3×3 conv Cm→A (864), conv3 1×1 A→A (9)
+    BN      Cm + A = 35 (one affine multiply-add per BatchNorm input element)
+    resize  12 when the feature is smaller than the image (bilinear: 4 taps × 3 colours), else 0
+    fwd      2·B·h·w·(3c + 1065 + 35 + 12·[h·w < H·W])
+    bwd      2·B·h·w·(2·(3c + 1065) + 2·35)     each conv's input and weight gradients (2× its
+                                                forward), BN's input gradient and Σ g·n̂; no resize
+                                                backward (the image gets no gradient)
+    fwd+bwd  the sum
+    i.e. fuse_0 (c = 4): fwd 2 224, bwd 4 448 FLOPs per pixel; fuse_1 (c = 64): fwd 2 608, bwd
+    5 168. Not counted: bias adds, activations, sigmoids, the blend, BatchNorm's statistics and
+    the training backward's mean corrections, and whatever a kernel recomputes (a1 for the 3×3
+    conv, the forward inside the backward). tests/test_bench_ceiling.py checks the conv, BN and
+    resize terms against a count of the reference's own aten calls.
 
 Inputs: F ~ N(0, 1), image ~ U(0, 1), convolution weights ~ N(0, 1/fan_in), all in the benchmark
 dtype. Gradients are taken for F and every weight (not the image, as in DFNet). The BatchNorms are chosen
@@ -40,7 +58,7 @@ from ..fusion_block_params import RUNNING_STATS, TRAINABLE, FusionBlockParams
 from .op_bench import DTYPES, Case, Inputs, OpBench, Provider, Sweep, one_of
 from .providers import compiled, our_backend
 
-__all__ = ["FusionBlockBench", "LEVEL_CHANNELS", "fusion_block_bytes"]
+__all__ = ["FusionBlockBench", "LEVEL_CHANNELS", "fusion_block_bytes", "fusion_block_flops", "fusion_block_macs"]
 
 LEVEL_CHANNELS = (4, 64, 128, 256, 512, 512)  # DFNet's c_k for fuse_0 .. fuse_5
 MID, ALPHA = 32, 3  # conv1 output channels, alpha channels
@@ -51,6 +69,28 @@ WEIGHTS, RUNNING = TRAINABLE, RUNNING_STATS  # the op's trainable parameters and
 def fusion_block_bytes(B: int, c: int, h: int, w: int, H: int, W: int, itemsize: int) -> float:
     """Compulsory bytes of one forward (see the module docstring)."""
     return float((c * B * h * w + 3 * B * min(H * W, 4 * h * w) + 9 * B * h * w) * itemsize)
+
+
+def fusion_block_macs(c: int, resized: bool, pass_: str, mid: int = MID, alpha: int = ALPHA) -> Dict[str, int]:
+    """Multiply-adds per pixel of the feature grid of one ``pass_`` (``fwd``, ``bwd``, ``fwd+bwd``),
+    by term: ``conv`` (every convolution), ``bn`` (both BatchNorms), ``resize`` (the bilinear
+    downscale of the image, 0 when ``resized`` is False: the identity). See the module docstring."""
+    conv = 3 * c + 6 * mid + 9 * mid * alpha + alpha * alpha  # map2img, conv1, the 3×3 conv, conv3
+    bn = mid + alpha
+    fwd = {"conv": conv, "bn": bn, "resize": 4 * 3 if resized else 0}
+    bwd = {"conv": 2 * conv, "bn": 2 * bn, "resize": 0}
+    if pass_ == "fwd":
+        return fwd
+    if pass_ == "bwd":
+        return bwd
+    if pass_ == "fwd+bwd":
+        return {k: fwd[k] + bwd[k] for k in fwd}
+    raise ValueError(f"unknown pass {pass_!r}; expected fwd, bwd or fwd+bwd")
+
+
+def fusion_block_flops(B: int, c: int, h: int, w: int, H: int, W: int, pass_: str) -> float:
+    """FLOPs of one ``pass_`` (2 per multiply-add of :func:`fusion_block_macs`, every pixel)."""
+    return 2.0 * B * h * w * sum(fusion_block_macs(c, (h, w) != (H, W), pass_).values())
 
 
 KINK_MARGIN = 1.0  # every LeakyReLU input is at least this far from 0
@@ -216,6 +256,10 @@ class FusionBlockBench(OpBench):
             return {}
         # A training-mode BatchNorm subtracts the batch mean, so the conv biases before it do nothing.
         return {"grad_conv1_bias": "grad_conv1_weight", "grad_conv2_bias": "grad_conv2_weight"}
+
+    def flops(self, case: Case, pass_: str) -> float:
+        B, c, h, w, H, W = (case.param(k) for k in ("B", "c", "h", "w", "H", "W"))
+        return fusion_block_flops(B, c, h, w, H, W, pass_)
 
     def bytes(self, case: Case, pass_: str) -> Optional[float]:
         if pass_ != "fwd":

@@ -1,16 +1,21 @@
-"""The console table of ``inpaint-fast bench``."""
+"""The console table of ``inpaint-fast bench``.
+
+Throughput is TFLOP/s where the op counts FLOPs and GB/s where it counts bytes (the formulas:
+benchmarks/README.md); ``of GEMM`` is the median FLOP rate as a percentage of the run's GEMM ceiling
+(:func:`.outcome.fraction_of_gemm`; ``-`` when the run measured none, as on CUDA).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
-from .outcome import Result
+from .outcome import Result, find_gemm_ceiling, fraction_of_gemm
 
 __all__ = ["format_case_line", "format_table"]
 
-HEADER = ("implementation", "op", "mode", "dtype", "shape", "ms", "p20-p80 ms", "throughput", "speedup",
-          "peak MiB", "status")  # fmt: skip
+HEADER = ("implementation", "op", "mode", "dtype", "shape", "ms", "p20-p80 ms", "throughput", "of GEMM",
+          "speedup", "peak MiB", "status")  # fmt: skip
 
 
 def _num(v: float, digits: int = 3) -> str:
@@ -22,17 +27,19 @@ def _num(v: float, digits: int = 3) -> str:
     return f"{v:.{max(digits - 1 - mag, 0)}f}"
 
 
-def _row(r: Result, notes: List[str]) -> tuple:
+def _row(r: Result, notes: List[str], ceiling: Optional[Result] = None) -> tuple:
     t = r.timing
     status = r.status
     if r.status != "ok" and r.note:
         notes.append(r.note)
         status = f"{r.status} [{len(notes)}]"
-    throughput = "-"
+    rates = []
     if t is not None and r.flops:
-        throughput = f"{_num(r.flops / t.p50 / 1e9)} TFLOP/s"
-    elif t is not None and r.nbytes:
-        throughput = f"{_num(r.nbytes / t.p50 / 1e6)} GB/s"
+        rates.append(f"{_num(r.flops / t.p50 / 1e9)} TFLOP/s")
+    if t is not None and r.nbytes:
+        rates.append(f"{_num(r.nbytes / t.p50 / 1e6)} GB/s")
+    throughput = ", ".join(rates) or "-"
+    fraction = fraction_of_gemm(r, ceiling)
     return (
         r.provider,
         r.kernel,
@@ -42,6 +49,7 @@ def _row(r: Result, notes: List[str]) -> tuple:
         _num(t.p50) if t else "-",
         f"{_num(t.p20)}-{_num(t.p80)}" if t else "-",
         throughput,
+        f"{_num(100 * fraction[1])}%" if fraction else "-",
         f"{r.speedup[1]:.2f}x" if r.speedup else "-",
         _num(r.peak_mb, 4) if t else "-",
         status,
@@ -50,15 +58,17 @@ def _row(r: Result, notes: List[str]) -> tuple:
 
 def format_table(results: Sequence[Result]) -> str:
     """A fixed-width table, grouped by (op, dtype, shape, mode) with the reference first, and
-    numbered notes for every row that was not timed."""
+    numbered notes for every row that was not timed. FLOP rates are also stated against the GEMM
+    ceiling among ``results`` (if any)."""
     order = {}
     for r in results:
         order.setdefault((r.kernel, r.dtype, r.shape, r.mode), len(order))
     ranked = sorted(results, key=lambda r: (order[(r.kernel, r.dtype, r.shape, r.mode)], r.provider != "reference"))
     notes: List[str] = []
-    rows = [HEADER] + [_row(r, notes) for r in ranked]
+    ceiling = find_gemm_ceiling(results)
+    rows = [HEADER] + [_row(r, notes, ceiling) for r in ranked]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-    right = {5, 6, 7, 8, 9}
+    right = {5, 6, 7, 8, 9, 10}
     lines = []
     for n, row in enumerate(rows):
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]

@@ -5,17 +5,22 @@ One row is one metric of one measurement (long format, as Liger-Kernel's
 
 =================  =====================================================================
 kernel             ``short_long_attention`` | ``fusion_block`` | ``train_step_pic`` |
-                   ``train_step_dfnet`` (one whole training step, benchmarks/bench_train_step.py)
+                   ``train_step_dfnet`` (one whole training step, benchmarks/bench_train_step.py) |
+                   ``completion_pic`` (one ``inpaint-fast inpaint --model pic``,
+                   benchmarks/bench_completion.py) | ``ceiling_gemm`` | ``ceiling_copy`` (the
+                   ceilings the fractions divide by, inpaint_fast/bench/ceilings.py)
 provider           implementation: ``reference`` (eager PyTorch), ``cpu``, ``triton``,
                    ``cuda``, ``auto`` (this package's backends), ``compile`` (torch.compile
                    of the reference), ``sdpa``, ``flex`` (compiled FlexAttention)
 mode               ``fwd`` | ``bwd`` | ``fwd+bwd``; the fusion block prefixes ``eval-`` or
-                   ``train-`` (BatchNorm with running or batch statistics)
+                   ``train-`` (BatchNorm with running or batch statistics); ``train-step``,
+                   ``inference`` (the end-to-end rows)
 dtype              ``fp32`` | ``bf16`` | ``fp16`` | ``fp64``
 shape              compact string, e.g. ``B1-C128-Cq32-Cp128-N4096`` or
                    ``B1-k2-c128-64x64-img256``
 metric             ``ms`` | ``tflops`` | ``gbps`` | ``peak_mb`` | ``speedup_vs_reference`` |
-                   ``images_per_s`` (training steps)
+                   ``images_per_s`` (end-to-end rows) | ``fraction_of_gemm`` (the FLOP rate over
+                   the same run's GEMM ceiling, inpaint_fast/bench/rows.py)
 p20, p50, p80      the metric at the 20th/50th/80th percentile of the timings (throughputs
                    and speedups are derived from the time quantiles, so p20 <= p50 <= p80);
                    ``peak_mb`` is one measurement, in p50. Empty when there is no value.

@@ -1,20 +1,30 @@
 """CSV rows (the schema of :mod:`.results`) for a run's :class:`.outcome.Result` objects.
 
 One result becomes one row per metric: ``ms`` always, then, when it was timed, ``tflops``,
-``gbps`` and ``images_per_s`` where the op counts them, ``peak_mb`` and ``speedup_vs_reference``.
+``fraction_of_gemm``, ``gbps`` and ``images_per_s`` where the op counts them, ``peak_mb`` and
+``speedup_vs_reference``.
+
+``fraction_of_gemm`` (p20/p50/p80) is the result's FLOP rate over the median FLOP rate of the
+run's GEMM ceiling (:func:`.outcome.fraction_of_gemm`): written for every timed result that
+counts FLOPs when the run measured one (a timed ``ceiling_gemm`` result among ``results``, or
+``ceiling=``), and absent otherwise. The ceiling's own row is an ordinary result (its ``ms``,
+``tflops`` and ``peak_mb``), so the fraction can be recomputed from the CSV:
+``fraction_of_gemm.pX = tflops.pX / ceiling_gemm tflops.p50``.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
-from .outcome import Result
+from .outcome import Result, find_gemm_ceiling, fraction_of_gemm
 
 __all__ = ["results_to_rows"]
 
 
-def results_to_rows(results: Sequence[Result], env: dict) -> List[dict]:
-    """CSV rows (see :mod:`.results`) for ``results``, with ``env`` (:func:`.env.environment`)."""
+def results_to_rows(results: Sequence[Result], env: dict, ceiling: Optional[Result] = None) -> List[dict]:
+    """CSV rows (see :mod:`.results`) for ``results``, with ``env`` (:func:`.env.environment`).
+    ``ceiling``: the GEMM ceiling the fractions divide by (default: the one in ``results``)."""
+    ceiling = ceiling if ceiling is not None else find_gemm_ceiling(results)
     rows = []
     for r in results:
         base = dict(kernel=r.kernel, provider=r.provider, mode=r.mode, dtype=r.dtype, shape=r.shape,
@@ -27,6 +37,9 @@ def results_to_rows(results: Sequence[Result], env: dict) -> List[dict]:
         if r.flops:
             rows.append(dict(base, metric="tflops", p20=r.flops / t.p80 / 1e9, p50=r.flops / t.p50 / 1e9,
                              p80=r.flops / t.p20 / 1e9))
+            fraction = fraction_of_gemm(r, ceiling)
+            if fraction is not None:
+                rows.append(dict(base, metric="fraction_of_gemm", p20=fraction[0], p50=fraction[1], p80=fraction[2]))
         if r.nbytes:
             rows.append(dict(base, metric="gbps", p20=r.nbytes / t.p80 / 1e6, p50=r.nbytes / t.p50 / 1e6,
                              p80=r.nbytes / t.p20 / 1e6))

@@ -3,6 +3,11 @@
 Each mode is timed with :mod:`.timing` (warm-up excluded), then its peak memory is measured once.
 Results come back as :class:`.outcome.Result` objects, speedups over the case's ``reference``
 provider attached; :mod:`.rows` turns them into CSV rows.
+
+With a ``ceiling`` (a :class:`.ceilings.GemmCeiling`, as ``inpaint-fast bench`` passes on the
+CPU), a burst of the GEMM ceiling runs before every (case, variant), so that the ceiling is
+sampled through the whole run, close in time to the op timings it is compared with; the caller
+takes the ceiling's result (``ceiling.result()``) once all op results are in.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ def run(
     progress=None,
     on_case: Optional[Callable[[List[Result]], None]] = None,
     seed: int = 0,
+    ceiling=None,
 ) -> List[Result]:
     """Gate, then time and measure, every (case, provider, mode). ``progress`` (a tqdm bar or
     None) advances once per (case, provider, mode). ``on_case`` (or None) is called with the
@@ -39,7 +45,8 @@ def run(
     as they are measured, speedups over the case's reference included, so a caller can save
     them case by case (a run cut off later keeps what it measured).
     ``extra_providers`` adds providers that are not in the op's registry (tests inject a wrong
-    one this way)."""
+    one this way). ``ceiling``: a :class:`.ceilings.GemmCeiling` to sample before every (case,
+    variant), or None."""
     registry = dict(bench.providers())
     registry.update(extra_providers or {})
     unknown = [p for p in providers if p not in registry]
@@ -57,6 +64,10 @@ def run(
             need_grad = any(p != "fwd" for _, p in vmodes)
             oracle, oracle_note = None, ""
             first = len(results)
+            if ceiling is not None:
+                if progress is not None:
+                    progress.set_postfix_str(f"GEMM ceiling before {bench.kernel} {case.shape}", refresh=True)
+                ceiling.sample()
             try:
                 oracle = make_oracle(bench, case, device, variant, need_grad, seed)
             except Exception as exc:  # noqa: BLE001 - recorded; the providers are still timed

@@ -11,6 +11,8 @@ FLOPs (matmuls only, docs/short_long_attention.md#cost):
     fwd      2·B·N²·(Cq + C + Cp)           scores, then P·[x | pre]
     bwd      2·B·N²·(3·Cq + 2·(C + Cp))     recompute scores, dq via dS and dSᵀ, dP and dV per stream
     fwd+bwd  the sum
+reported as TFLOP/s and, in CPU runs of ``inpaint-fast bench``, as ``fraction_of_gemm``: the
+FLOP rate over that of the run's fp32 2048³ GEMM ceiling (:mod:`.ceilings`).
 
 Inputs: q ~ N(0, 1)·Cq^(-1/4), so scores qᵢ·qⱼ have a diagonal of about √Cq and off-diagonal
 spread about 1 (a peaked but not one-hot softmax); x, pre ~ N(0, 1); mask ~ U(0, 1) (fractional

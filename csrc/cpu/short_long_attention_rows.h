@@ -1,0 +1,108 @@
+// Row kernels of the CPU short+long-range attention (csrc/cpu/short_long_attention.cpp): the
+// elementwise work on a strip of score rows between its GEMMs, row by row, so the strip makes one
+// trip through the cache per kernel instead of one per ATen operation.
+//
+// A strip is `rows` rows of `n` scores at row stride `ld`. Scores are scaled as `s * scale` in the
+// accumulation type T (float or double), exactly as a separate multiply would; exponentials are
+// exp_acc (csrc/cpu/simd.h) of natural-unit differences, so no argument is rounded by a change of
+// base. Each row is finished (max, exponentials, sum) before the next, so the row's later passes
+// read it from L1. Row sums are accumulated in double in kLanes fixed-order partial sums
+// (sum_row, dot_row), so the result does not depend on the instruction set of the clone that runs.
+//
+// Only short_long_attention.cpp includes this header: the names keep internal linkage.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "simd.h"
+
+namespace inpaint_fast {
+namespace cpu {
+namespace {
+
+// max_j(sign * e_j) over one row, sign = +1 or -1.
+template <typename T>
+IPF_INLINE T signed_row_max(const T* __restrict e, int64_t n, T sign) {
+  using V = typename Vec64<T>::type;  // simd.h
+  constexpr int L = 64 / sizeof(T);
+  const T inf = std::numeric_limits<T>::infinity();
+  V m0 = V{} - inf, m1 = m0;
+  int64_t j = 0;
+  for (; j + 2 * L <= n; j += 2 * L) {
+    V a, b;
+    std::memcpy(&a, e + j, sizeof a);
+    std::memcpy(&b, e + j + L, sizeof b);
+    a *= sign;
+    b *= sign;
+    m0 = a > m0 ? a : m0;
+    m1 = b > m1 ? b : m1;
+  }
+  m0 = m1 > m0 ? m1 : m0;
+  T m = -inf;
+  for (int l = 0; l < L; ++l) m = m0[l] > m ? m0[l] : m;
+  for (; j < n; ++j) m = std::max(m, sign * e[j]);
+  return m;
+}
+
+// max_j(e_j * scale), without multiplying every element by scale: rounding is monotone, so the
+// largest scaled element is the scaled largest (for scale < 0, the scaled smallest) element.
+template <typename T>
+IPF_INLINE T scaled_row_max(const T* __restrict e, int64_t n, T scale) {
+  return scale < 0 ? -signed_row_max(e, n, T(-1)) * scale : signed_row_max(e, n, T(1)) * scale;
+}
+
+// e_j <- exp(e_j * scale - shift) over one row.
+template <typename T>
+IPF_INLINE void exp_row(T* __restrict e, int64_t n, T scale, T shift) {
+  IPF_IVDEP
+  for (int64_t j = 0; j < n; ++j) e[j] = exp_acc(e[j] * scale - shift);
+}
+
+// Forward: the scores of each row become its unnormalised probabilities exp(s * scale - max), and
+// row_max / row_sum receive max_j(s * scale) and sum_j exp(s * scale - max).
+template <typename T>
+IPF_MULTIVERSION void softmax_strip(T* __restrict s, int64_t rows, int64_t n, int64_t ld, T scale,
+                                    T* __restrict row_max, T* __restrict row_sum) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* __restrict e = s + i * ld;
+    const T mx = scaled_row_max(e, n, scale);
+    exp_row(e, n, scale, mx);
+    row_max[i] = mx;
+    row_sum[i] = static_cast<T>(sum_row(e, n));
+  }
+}
+
+// Backward, first pass: the scores become the probabilities P = exp(s * scale - lse) and
+// delta_i = sum_j P_ij dP_ij is accumulated from the strip dp of dP.
+template <typename T>
+IPF_MULTIVERSION void probabilities_delta_strip(T* __restrict s, const T* __restrict dp, int64_t rows, int64_t n,
+                                                int64_t ld, T scale, const T* __restrict lse, T* __restrict delta) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* __restrict e = s + i * ld;
+    exp_row(e, n, scale, lse[i]);
+    delta[i] = static_cast<T>(dot_row(e, dp + i * ld, n));
+  }
+}
+
+// Backward, second pass: dS = P * (dP - delta), in place of dP — the form of PyTorch's softmax
+// backward, whose rounding errors cancel in dP - delta because delta was summed from the same P
+// and dP.
+template <typename T>
+IPF_MULTIVERSION void softmax_grad_strip(const T* __restrict p, T* __restrict dp, int64_t rows, int64_t n, int64_t ld,
+                                         const T* __restrict delta) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* __restrict pr = p + i * ld;
+    T* __restrict g = dp + i * ld;
+    const T d = delta[i];
+    IPF_IVDEP
+    for (int64_t j = 0; j < n; ++j) g[j] = pr[j] * (g[j] - d);
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace inpaint_fast
