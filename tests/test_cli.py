@@ -296,3 +296,13 @@ def test_commit_is_marked_dirty_when_tracked_files_differ(monkeypatch):
         env._commit.cache_clear()
         assert env._commit() == expected
     env._commit.cache_clear()
+
+
+def test_cpu_device_name_records_instruction_set_and_threads(monkeypatch):
+    # Rows of one CPU model with and without AVX-512 must not share a device name.
+    from inpaint_fast.bench import env
+
+    for capability in ("AVX512", "AVX2"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        name = env.device_name(torch.device("cpu"))
+        assert name.endswith(f" ({capability}, {torch.get_num_threads()} threads)"), name

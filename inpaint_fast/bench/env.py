@@ -26,10 +26,15 @@ def _cpu_model() -> str:
 
 
 def device_name(device: torch.device) -> str:
-    """``torch.cuda.get_device_name`` on CUDA; the CPU model and torch's thread count on CPU."""
+    """``torch.cuda.get_device_name`` on CUDA; on the CPU its model, the vector instruction set
+    ATen's kernels and ours run with (``torch.backends.cpu.get_cpu_capability()``: AVX512, AVX2,
+    ...) and torch's thread count, e.g. "AMD EPYC (AVX2, 2 threads)". The same model name covers
+    CPUs with and without AVX-512 (virtual machines report "AMD EPYC" for several generations),
+    and the two run different code, so their rows must not share a name. Rows written before the
+    instruction set was recorded read "MODEL (N threads)"."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+    return f"{_cpu_model()} ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
 
 
 def _git(*args: str) -> "subprocess.CompletedProcess[str] | None":

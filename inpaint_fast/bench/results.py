@@ -24,7 +24,7 @@ metric             ``ms`` | ``tflops`` | ``gbps`` | ``peak_mb`` | ``speedup_vs_r
 p20, p50, p80      the metric at the 20th/50th/80th percentile of the timings (throughputs
                    and speedups are derived from the time quantiles, so p20 <= p50 <= p80);
                    ``peak_mb`` is one measurement, in p50. Empty when there is no value.
-device_name        ``torch.cuda.get_device_name()``, or the CPU model and thread count
+device_name        ``torch.cuda.get_device_name()``, or the CPU model, instruction set and thread count
 torch_version, triton_version, cuda_version, commit, timestamp (UTC, ISO 8601)
 status             ``ok`` | ``wrong`` (failed the correctness gate, not timed) |
                    ``unavailable`` | ``unsupported`` | ``oom`` | ``error`` |
