@@ -61,6 +61,43 @@ def test_matches_reference(backend, dtype, shape, with_pre):
         assert_close_to_oracle(f"grad_{name}", a, b, c, dtype, recompute_magnitude=lse_magnitude)
 
 
+@pytest.mark.parametrize("gemm", ["blas", "strip"])
+@pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "self"])
+def test_cpu_gemm_choices_match_reference(gemm, with_pre, monkeypatch):
+    """Both GEMMs of the cpu backend's float strip products (INPAINT_FAST_CPU_GEMM, the default
+    picks one per CPU): N = 1025 runs the register-tiled kernel past its 256-deep k block with a
+    tail, and C + Cp = 12 (self) leaves a partial 16-column panel."""
+    monkeypatch.setenv("INPAINT_FAST_CPU_GEMM", gemm)
+    shape, dtype = (1, 8, 12, 20, 25, 41), torch.float32
+    inputs = attention_sample_inputs(shape, dtype, with_pre)
+    grads = attention_upstream(inputs, dtype)
+    fn = lambda *a: inpaint_fast.short_long_attention(*a, backend="cpu")  # noqa: E731
+    try:
+        ours, our_grads = attention_forward_backward(fn, inputs, grads)
+    except RuntimeError as e:
+        if gemm == "strip" and "needs a CPU with AVX2 and FMA" in str(e):
+            pytest.skip(str(e))
+        raise
+    ref, ref_grads = attention_forward_backward(reference.short_long_attention, inputs, grads)
+    inputs64 = [t.double() if t is not None else None for t in inputs]
+    ref64, ref64_grads = attention_forward_backward(reference.short_long_attention, inputs64,
+                                                    [g.double() for g in grads])
+    for name, a, b, c in zip(["y", "cf"], ours, ref, ref64):
+        assert_close_to_oracle(name, a, b, c, dtype)
+    q64 = inputs64[0].reshape(shape[0], shape[1], -1)
+    lse_magnitude = torch.logsumexp(q64.transpose(1, 2) @ q64, -1).abs().max().item()
+    grad_names = [n for n, t in zip(ATTENTION_INPUTS, inputs) if t is not None]
+    for name, a, b, c in zip(grad_names, our_grads, ref_grads, ref64_grads):
+        assert_close_to_oracle(f"grad_{name}", a, b, c, dtype, recompute_magnitude=lse_magnitude)
+
+
+def test_cpu_gemm_choice_is_checked(monkeypatch):
+    monkeypatch.setenv("INPAINT_FAST_CPU_GEMM", "mkl")
+    inputs = attention_sample_inputs((1, 2, 3, 0, 2, 3), torch.float32, with_pre=False)
+    with pytest.raises(RuntimeError, match=r"INPAINT_FAST_CPU_GEMM=mkl: expected auto, blas or strip"):
+        inpaint_fast.short_long_attention(*inputs, backend="cpu")
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_layouts(backend, layout):

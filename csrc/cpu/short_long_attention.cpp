@@ -6,12 +6,15 @@
 //
 // The N x N map is never materialised. Work is split into strips of query rows (up to 64 in the
 // forward, 128 in the backward; see kForwardBlockRows): a strip holds the complete score rows of
-// its queries (rows x N), so the softmax is exact and needs no online rescaling. Every product is
-// a plain BLAS GEMM on tensor views (inside at::parallel_for, MKL runs single-threaded, one strip
-// per thread at a time), and the elementwise work between the GEMMs is done by fused row kernels
-// (short_long_attention_rows.h), row by row. Peak extra memory is therefore O(threads * rows * N) for the strips plus
-// O(threads * N * (Cq + Ctot)) for the backward accumulators, instead of the O(N^2) of the
-// reference.
+// its queries (rows x N), so the softmax is exact and needs no online rescaling. Each product is a
+// GEMM, one strip per thread at a time: in float on AVX2 CPUs, those whose right-hand operand is
+// the same for every strip of an image run on the register-tiled kernel of strip_gemm.h against
+// that operand packed once per image; the others (and all of them in double, or on CPUs with
+// AVX-512 or without AVX2) are BLAS calls on tensor views (inside at::parallel_for, MKL runs
+// single-threaded). The elementwise work between the GEMMs is done by fused row kernels
+// (short_long_attention_rows.h), row by row. Peak extra memory is therefore O(threads * rows * N)
+// for the strips, O(threads * N * (Cq + Ctot)) for the backward accumulators and O(B * N * (Cq +
+// Ctot)) for the packed operands, instead of the O(N^2) of the reference.
 //
 // Layouts are chosen for the GEMMs, whose speed depends on them far more than the O(N * C)
 // transposes cost: position-major copies (N x channels) of q, V and the upstream gradients make
@@ -29,13 +32,16 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "../dtypes.h"
 #include "../short_long_attention_inputs.h"
 #include "common.h"
 #include "short_long_attention_rows.h"
+#include "strip_gemm.h"
 
 namespace inpaint_fast {
 namespace cpu {
@@ -132,6 +138,52 @@ void softmax_backward_rows(at::Tensor& p, at::Tensor& ds, int64_t rows, T scale,
   softmax_grad_strip<T>(p.data_ptr<T>(), ds.data_ptr<T>(), rows, n, ds.stride(0), delta);
 }
 
+// The per-image right-hand operands of the strip products (B, k, n) in strip_gemm's packed form
+// (B, packed size), packed once and shared by all strips of an image. float only.
+at::Tensor pack_for_strip_mm(const at::Tensor& b_op) {
+  const int64_t k = b_op.size(1), n = b_op.size(2);
+  TORCH_INTERNAL_ASSERT(b_op.scalar_type() == at::kFloat && b_op.stride(2) == 1);
+  at::Tensor packed = at::empty({b_op.size(0), strip_gemm_packed_size(k, n)}, b_op.options());
+  at::parallel_for(0, b_op.size(0), 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      strip_gemm_pack_b(b_op[b].data_ptr<float>(), b_op.stride(1), k, n, packed[b].data_ptr<float>());
+  });
+  return packed;
+}
+
+// out = a @ b for a product of a strip (unit column strides): on strip_gemm against b's packed form
+// when one is given (float), else on BLAS.
+void strip_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& b_packed) {
+  if (!b_packed.defined()) {
+    at::mm_out(out, a, b);
+    return;
+  }
+  strip_gemm(a.data_ptr<float>(), a.stride(0), a.size(0), a.size(1), b_packed.data_ptr<float>(), b.size(1),
+             out.data_ptr<float>(), out.stride(0));
+}
+
+// Whether this call's float products run on strip_gemm. INPAINT_FAST_CPU_GEMM, read at every call
+// (a comparison switch, like INPAINT_FAST_CUDA_SIMT): unset or "auto" for the default
+// (strip_gemm_preferred: AVX2 CPUs without AVX-512), "blas" for BLAS everywhere, "strip" for
+// strip_gemm wherever it can run.
+bool use_strip_gemm(const char* op, at::ScalarType acc) {
+  const char* env = std::getenv("INPAINT_FAST_CPU_GEMM");
+  const std::string choice = env ? env : "";
+  bool want;
+  if (choice.empty() || choice == "auto") {
+    want = strip_gemm_preferred();
+  } else if (choice == "blas") {
+    want = false;
+  } else if (choice == "strip") {
+    TORCH_CHECK(strip_gemm_supported(), op, ": INPAINT_FAST_CPU_GEMM=strip needs a CPU with AVX2 and FMA; ",
+                "this one has neither or only one (use auto or blas)");
+    want = true;
+  } else {
+    TORCH_CHECK(false, op, ": INPAINT_FAST_CPU_GEMM=", choice, ": expected auto, blas or strip");
+  }
+  return want && acc == at::kFloat;
+}
+
 // Splits [0, n) into `parts` nearly equal contiguous ranges; returns the start of range `i`.
 int64_t split_point(int64_t n, int64_t parts, int64_t i) {
   return n * i / parts;
@@ -144,11 +196,13 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
                              const std::optional<at::Tensor>& pre,
                              const std::optional<at::Tensor>& mask,
                              const std::optional<at::Tensor>& alpha, double scale) {
-  const AttentionGeometry g = check_inputs("short_long_attention_fwd", q, x, gamma, pre, mask, alpha);
+  const char* op = "short_long_attention_fwd";
+  const AttentionGeometry g = check_inputs(op, q, x, gamma, pre, mask, alpha);
   const int64_t B = g.B, C = g.C, Cp = g.Cp, H = g.H, W = g.W, N = g.N;
   const int64_t Ctot = C + Cp;
   const auto acc = accumulate_dtype(x.scalar_type());
   const auto opts = x.options().dtype(acc);
+  const bool own_gemm = use_strip_gemm(op, acc);  // Which GEMM runs the strip products.
 
   // q serves as query and key: the score GEMM of a strip is Qt[rows] (rows x Cq) @ Q (Cq x N).
   const at::Tensor Q = flat_padded(q, opts);  // (B, Cq, N)
@@ -172,6 +226,11 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
     // One chunk per thread with a fixed item range, so the work split (and every result bit)
     // does not depend on how the backend schedules chunks onto threads. Strips are independent
     // in the forward, so (image, strip) pairs are spread over the chunks freely.
+    // Both products of a strip have a right-hand operand shared by all strips of the image (the
+    // keys, the values): on strip_gemm (see the top), packed once per image.
+    const at::Tensor Qpacked = own_gemm ? pack_for_strip_mm(Q) : at::Tensor();
+    const at::Tensor Vpacked = own_gemm ? pack_for_strip_mm(Vt) : at::Tensor();
+
     AT_DISPATCH_FLOATING_TYPES(acc, "short_long_attention_fwd_cpu", [&] {
       const scalar_t sc = static_cast<scalar_t>(scale);
       at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
@@ -190,13 +249,13 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
             at::Tensor s = strip[c].narrow(0, 0, rows);
 
             // Energies of the strip against every key: (rows x Cq) @ (Cq x N).
-            at::mm_out(s, Qt[b].narrow(0, i0, rows), Q[b]);
+            strip_mm(s, Qt[b].narrow(0, i0, rows), Q[b], own_gemm ? Qpacked[b] : at::Tensor());
             // Exact max-subtracted softmax in one pass after the max, left unnormalised: dividing
             // the (rows x Ctot) output by the row sums is cheaper than dividing the strip.
             softmax_strip<scalar_t>(s.data_ptr<scalar_t>(), rows, N, s.stride(0), sc, mx, l);
             // [sa; ca] for the strip's positions: (rows x N) @ (N x Ctot), rows of Ot.
             at::Tensor o = Ot[b].narrow(0, i0, rows);
-            at::mm_out(o, s, Vt[b]);
+            strip_mm(o, s, Vt[b], own_gemm ? Vpacked[b] : at::Tensor());
             o.div_(row_stats[c][1].narrow(0, 0, rows).unsqueeze(1));
             scalar_t* lse_rows = lse[b].data_ptr<scalar_t>() + i0;
             for (int64_t r = 0; r < rows; ++r) lse_rows[r] = mx[r] + std::log(l[r]);
@@ -243,6 +302,7 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
   const int64_t Ctot = C + Cp;
   const auto acc = accumulate_dtype(x.scalar_type());
   const auto opts = x.options().dtype(acc);
+  const bool own_gemm = use_strip_gemm(op, acc);  // Which GEMM runs the strip products.
   const double gam = gamma.item<double>();
 
   const at::Tensor Q = flat_padded(q, opts);  // (B, Cq, N)
@@ -304,6 +364,16 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
     at::Tensor acc_q = padded_rows(extra, Cq, N, opts);
     at::Tensor acc_v = padded_rows(extra, Ctot, N, opts);
 
+    // The products whose right-hand operand is the same for every strip of an image run on
+    // strip_gemm in float (see the forward), against operands packed once per image. The key-side
+    // products (Q_I dS and dA_I P, right-hand operands that change with every strip) stay on BLAS:
+    // packing P per strip for strip_gemm made dA_I P slower than MKL's, measured (AVX2 EPYC, two
+    // threads, the two alternated call by call: backward 1.09-1.10x faster with them on BLAS, 1.05-1.08x
+    // with dA_I P on strip_gemm, against all products on BLAS).
+    const at::Tensor Qpacked = own_gemm ? pack_for_strip_mm(Q) : at::Tensor();
+    const at::Tensor Vpacked = own_gemm ? pack_for_strip_mm(V) : at::Tensor();
+    const at::Tensor Qtpacked = own_gemm ? pack_for_strip_mm(Qt) : at::Tensor();
+
     AT_DISPATCH_FLOATING_TYPES(acc, "short_long_attention_bwd_cpu", [&] {
       const scalar_t sc = static_cast<scalar_t>(scale);
       // Processes strips [blk_begin, blk_end) of image b with the scratch of chunk c, and leaves
@@ -330,8 +400,8 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
           const at::Tensor Qt_rows = Qt_b.narrow(0, i0, rows);     // (rows, Cq)
 
           // Energies (rows x Cq) @ (Cq x N), and dP = dA_I^T V (both value streams).
-          at::mm_out(p, Qt_rows, Q_b);
-          at::mm_out(ds, dAt_rows, V_b);
+          strip_mm(p, Qt_rows, Q_b, own_gemm ? Qpacked[b] : at::Tensor());
+          strip_mm(ds, dAt_rows, V_b, own_gemm ? Vpacked[b] : at::Tensor());
           // P = exp(E - lse) with delta_i = sum_j P_ij dP_ij, then dS = P * (dP - delta).
           // Flash-style kernels take delta from the saved outputs (sum_c dA_ci O_ci, equal in
           // exact arithmetic) because they never hold a whole row; the strip does hold it, and the
@@ -341,7 +411,7 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
           softmax_backward_rows(p, ds, rows, sc, lse_b + i0, delta);
           // Query side: rows I of dS Q^T (the scale is applied once at the end).
           at::Tensor dq_r = dq_rows[b].narrow(0, i0, rows);
-          at::mm_out(dq_r, ds, Qt_b);
+          strip_mm(dq_r, ds, Qt_b, own_gemm ? Qtpacked[b] : at::Tensor());
           // Key side: Q_I dS, and the values' gradient dA_I P, for every key column.
           if (blk == blk_begin) {
             at::mm_out(aq, Qt_rows.t(), ds);

@@ -1,0 +1,182 @@
+// Register-tiled float32 GEMM for the attention's strip products (csrc/cpu/short_long_attention.cpp):
+// C (m x n) = A (m x k, rows at stride lda) . B (k x n), with B packed once into column panels.
+//
+// Why not BLAS for these: the products of a strip are short in m (64 query rows in the forward,
+// 128 in the backward) and their right-hand operand (the keys, the values, the queries) is the
+// same for every strip of an image. MKL packs both operands on every call; at the forward's P.V
+// shape (m = 64, k = N = 4096, n = C + Cp = 256) it ran at 41-68 GFLOP/s on one core of an AVX2 EPYC
+// against 67-75 for a 2048^3 GEMM, and its packing copies took 12-17% of the forward
+// (benchmarks/NOTES.md). Here B is packed once per image and A (a strip, or a block of rows of a
+// position-major operand) is read in place, its rows being contiguous.
+//
+// Blocking (one level, BLIS-style): k is cut into blocks of kStripGemmKc; for each block every
+// panel of kStripGemmNr columns (kStripGemmKc x 16 floats = 16 KiB, in L1) is swept by micro-tiles
+// of kStripGemmMr rows, each accumulating its 6 x 16 block of C in 12 ymm registers over the k
+// block, starting from zero; the block's sum is then added to C. Summing each k block apart keeps
+// the rounding error of a long k (the forward's 4096 keys) at BLAS's level: accumulating straight
+// into C gave 7x the error of MKL's result at k = 4096, measured.
+//
+// Instruction set: AVX2 + FMA, checked at run time (strip_gemm_supported). By default the caller
+// uses it only where AVX-512 is absent (strip_gemm_preferred): against MKL's zmm kernels a ymm
+// kernel would run at half width, and it has not been measured on such a CPU.
+//
+// Only short_long_attention.cpp includes this header: the names keep internal linkage.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define IPF_STRIP_GEMM_X86 1
+#else
+#define IPF_STRIP_GEMM_X86 0
+#endif
+
+namespace inpaint_fast {
+namespace cpu {
+namespace {
+
+constexpr int kStripGemmMr = 6;
+constexpr int kStripGemmNr = 16;
+constexpr int64_t kStripGemmKc = 256;
+
+// True where the kernel can run: AVX2 and FMA present.
+inline bool strip_gemm_supported() {
+#if IPF_STRIP_GEMM_X86
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return supported;
+#else
+  return false;
+#endif
+}
+
+// True where the kernel is the default for the strip products: supported, and no AVX-512 (see the top).
+inline bool strip_gemm_preferred() {
+#if IPF_STRIP_GEMM_X86
+  static const bool preferred = strip_gemm_supported() && !__builtin_cpu_supports("avx512f");
+  return preferred;
+#else
+  return false;
+#endif
+}
+
+// Floats of the packed form of a k x n matrix.
+inline int64_t strip_gemm_packed_size(int64_t k, int64_t n) {
+  return ((n + kStripGemmNr - 1) / kStripGemmNr) * kStripGemmNr * k;
+}
+
+// B (k x n, rows at stride ldb) -> panels of kStripGemmNr columns, panel p holding
+// B[:, p*Nr : p*Nr + Nr] as k rows of Nr contiguous floats; the last panel's missing columns are zero.
+inline void strip_gemm_pack_b(const float* b, int64_t ldb, int64_t k, int64_t n, float* packed) {
+  constexpr int64_t nr = kStripGemmNr;
+  for (int64_t j0 = 0; j0 < n; j0 += nr) {
+    const int64_t w = std::min(nr, n - j0);
+    float* dst = packed + j0 * k;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      std::memcpy(dst + kk * nr, b + kk * ldb + j0, w * sizeof(float));
+      std::fill(dst + kk * nr + w, dst + kk * nr + nr, 0.0f);
+    }
+  }
+}
+
+#if IPF_STRIP_GEMM_X86
+
+// One micro-tile: c (MR x 16, stride ldc) = [c +] a (MR x kc, stride lda) . b (kc x 16, packed).
+// Not inlined (one call per kc * MR * 16 multiply-adds costs nothing), so that the driver below is
+// plain code.
+template <int MR>
+__attribute__((target("avx2,fma"))) void strip_tile(const float* __restrict a, int64_t lda, const float* __restrict b,
+                                                    int64_t kc, float* __restrict c, int64_t ldc, bool accumulate) {
+  static_assert(kStripGemmNr == 16, "two ymm registers per row");
+  __m256 acc0[MR], acc1[MR];
+  // C's rows are far apart (rows of a strip or of a position-major result): fetching them now hides
+  // their latency behind the k loop instead of stalling the final loads and stores on it.
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 15), _MM_HINT_T0);
+    acc0[r] = _mm256_setzero_ps();
+    acc1[r] = _mm256_setzero_ps();
+  }
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const __m256 b0 = _mm256_loadu_ps(b + kk * 16);
+    const __m256 b1 = _mm256_loadu_ps(b + kk * 16 + 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m256 ar = _mm256_broadcast_ss(a + r * lda + kk);
+      acc0[r] = _mm256_fmadd_ps(ar, b0, acc0[r]);
+      acc1[r] = _mm256_fmadd_ps(ar, b1, acc1[r]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    if (accumulate) {
+      acc0[r] = _mm256_add_ps(_mm256_loadu_ps(c + r * ldc), acc0[r]);
+      acc1[r] = _mm256_add_ps(_mm256_loadu_ps(c + r * ldc + 8), acc1[r]);
+    }
+    _mm256_storeu_ps(c + r * ldc, acc0[r]);
+    _mm256_storeu_ps(c + r * ldc + 8, acc1[r]);
+  }
+}
+
+using StripTile = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, bool);
+
+// kStripTiles[r - 1] computes tiles of r rows, r = 1..kStripGemmMr.
+template <int... R>
+constexpr std::array<StripTile, sizeof...(R)> strip_tiles(std::integer_sequence<int, R...>) {
+  return {&strip_tile<R + 1>...};
+}
+constexpr std::array<StripTile, kStripGemmMr> kStripTiles = strip_tiles(std::make_integer_sequence<int, kStripGemmMr>{});
+
+#endif  // IPF_STRIP_GEMM_X86
+
+// C (m x n, rows at stride ldc) = A (m x k, rows at stride lda) . B, where `packed` is B packed by
+// strip_gemm_pack_b. Tiles at the edges of C (the last rows, the last panel's columns) run the
+// kernel of their row count, the column edge into a local buffer of full panel width, so nothing
+// outside A's m x k block or C's m x n block is read or written. Requires strip_gemm_supported().
+inline void strip_gemm(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed, int64_t n, float* c,
+                       int64_t ldc) {
+#if IPF_STRIP_GEMM_X86
+  constexpr int64_t MR = kStripGemmMr, NR = kStripGemmNr;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    return;
+  }
+  float buf[MR * NR] = {};
+  for (int64_t k0 = 0; k0 < k; k0 += kStripGemmKc) {
+    const int64_t kc = std::min(kStripGemmKc, k - k0);
+    const bool accumulate = k0 > 0;
+    for (int64_t j0 = 0; j0 < n; j0 += NR) {
+      const int64_t cols = std::min(NR, n - j0);
+      const float* b = packed + j0 * k + k0 * NR;
+      for (int64_t i0 = 0; i0 < m; i0 += MR) {
+        const int64_t rows = std::min(MR, m - i0);
+        const StripTile tile = kStripTiles[rows - 1];
+        const float* a_tile = a + i0 * lda + k0;
+        float* c_tile = c + i0 * ldc + j0;
+        if (cols == NR) {
+          tile(a_tile, lda, b, kc, c_tile, ldc, accumulate);
+        } else {
+          if (accumulate)
+            for (int64_t r = 0; r < rows; ++r) std::memcpy(buf + r * NR, c_tile + r * ldc, cols * sizeof(float));
+          tile(a_tile, lda, b, kc, buf, NR, accumulate);
+          for (int64_t r = 0; r < rows; ++r) std::memcpy(c_tile + r * ldc, buf + r * NR, cols * sizeof(float));
+        }
+      }
+    }
+  }
+#else
+  (void)a, (void)lda, (void)m, (void)k, (void)packed, (void)n, (void)c, (void)ldc;
+#endif
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace inpaint_fast

@@ -1,0 +1,83 @@
+// C++ test of the attention's register-tiled GEMM (csrc/cpu/strip_gemm.h) against a double
+// reference, on shapes that exercise every edge: row counts that are not a multiple of the 6-row
+// tile, column counts that are not a multiple of the 16-column panel, depths below, at and above
+// the 256-deep k block (with a tail), and padded row strides. Also checks that nothing outside C's
+// m x n block is written. Runs wherever the kernel can (AVX2 + FMA, AVX-512 CPUs included, where it
+// is not the default); exits 77 (ctest: skipped) on CPUs without AVX2 + FMA, non-zero on failure.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "../../csrc/cpu/strip_gemm.h"
+
+namespace {
+
+using namespace inpaint_fast::cpu;
+
+int failures = 0;
+
+void check(int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc, std::mt19937& rng) {
+  std::normal_distribution<float> normal;
+  std::vector<float> a(m * lda), b(k * n);
+  for (float& v : a) v = normal(rng);
+  for (float& v : b) v = normal(rng);
+  std::vector<float> packed(strip_gemm_packed_size(k, n));
+  strip_gemm_pack_b(b.data(), n, k, n, packed.data());
+
+  const float sentinel = 12345.0f;
+  std::vector<float> c(m * ldc + 16, sentinel);
+  strip_gemm(a.data(), lda, m, k, packed.data(), n, c.data(), ldc);
+
+  // Rounding bound of a float sum of products, blocked as the kernel blocks it: each k block is
+  // summed with FMAs (<= kc roundings), then the blocks are added one by one (<= k / kc more), so
+  // |error| <= (kc + blocks + 1) * 2^-24 * sum |a b|. A wrong or missing term is far above it.
+  const int64_t kc = std::min<int64_t>(k, kStripGemmKc);
+  const int64_t blocks = (k + kStripGemmKc - 1) / kStripGemmKc;
+  const double unit = std::ldexp(1.0, -24);
+  double worst = 0;  // largest error / bound
+  int64_t stray = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < ldc; ++j) {
+      const float got = c[i * ldc + j];
+      if (j >= n) {
+        stray += got != sentinel;
+        continue;
+      }
+      double want = 0, magnitude = 0;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const double t = static_cast<double>(a[i * lda + kk]) * b[kk * n + j];
+        want += t;
+        magnitude += std::fabs(t);
+      }
+      const double bound = (kc + blocks + 1) * unit * magnitude + 1e-30;
+      worst = std::max(worst, std::fabs(got - want) / bound);
+    }
+  }
+  for (int64_t j = m * ldc; j < static_cast<int64_t>(c.size()); ++j) stray += c[j] != sentinel;
+  const bool ok = worst <= 1.0 && stray == 0;
+  failures += !ok;
+  std::printf("%s m=%lld k=%lld n=%lld lda=%lld ldc=%lld: error / bound %.3g, %lld elements written outside C\n",
+              ok ? "ok  " : "FAIL", static_cast<long long>(m), static_cast<long long>(k), static_cast<long long>(n),
+              static_cast<long long>(lda), static_cast<long long>(ldc), worst, static_cast<long long>(stray));
+}
+
+}  // namespace
+
+int main() {
+  if (!strip_gemm_supported()) {
+    std::printf("skipped: this CPU has no AVX2 + FMA, the kernel cannot run (strip_gemm_supported() is false)\n");
+    return 77;
+  }
+  std::mt19937 rng(0);
+  const int64_t shapes[][3] = {
+      {1, 1, 1},     {5, 3, 7},      {6, 16, 16},    {7, 17, 33},   {13, 255, 31},   {64, 256, 256},
+      {64, 257, 256}, {64, 1000, 37}, {128, 256, 300}, {31, 600, 32}, {64, 4096, 48},
+  };
+  for (const auto& s : shapes) {
+    check(s[0], s[1], s[2], s[1], s[2], rng);            // packed rows
+    check(s[0], s[1], s[2], s[1] + 5, s[2] + 16, rng);  // padded strides
+  }
+  return failures == 0 ? 0 : 1;
+}
