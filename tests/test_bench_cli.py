@@ -495,3 +495,22 @@ def test_peak_memory_plot_is_written_with_a_stable_name(tmp_path, capsys):
     assert plot.main(["--csv", path, "--out", str(tmp_path / "all")]) == 0
     assert (tmp_path / "all" / want.name).exists()
     assert plot.main(["--csv", path, "--out", str(out), "--peak-memory", "--kernel", "fusion_block"]) == 1
+
+
+def test_cpu_gemm_ab_alternates_the_choices_and_restores_the_environment(monkeypatch, capsys):
+    """benchmarks/ab_cpu_gemm.py at a tiny size: one row per (case, pass, choice), both choices
+    timed on the same calls, and the variable left as it was."""
+    module = _load_script("ab_cpu_gemm")
+    monkeypatch.setenv("INPAINT_FAST_CPU_GEMM", "auto")
+    seen = []
+    times = module.ab(lambda: seen.append(os.environ["INPAINT_FAST_CPU_GEMM"]), ["blas", "auto"], reps=2)
+    assert seen == ["blas", "auto"] * 3 and [len(t) for t in times.values()] == [2, 2]
+    assert os.environ["INPAINT_FAST_CPU_GEMM"] == "auto"
+    assert module.main(["--size", "64", "--reps", "2", "--choices", "blas", "auto"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if not line.startswith(("#", "pass"))]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (p, f"B1-C128-Cq32-Cp{cp}-N64", c) for cp in (128, 0) for p in ("fwd", "bwd") for c in ("blas", "auto")]
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows), rows
+    assert all(float(r[4]) == 1.0 for r in rows if r[2] == "blas"), rows
+    with pytest.raises(SystemExit, match=r"--size 60: expected a multiple of 8"):
+        module.main(["--size", "60"])

@@ -142,7 +142,8 @@ void softmax_backward_rows(at::Tensor& p, at::Tensor& ds, int64_t rows, T scale,
 // (B, packed size), packed once and shared by all strips of an image. float only.
 at::Tensor pack_for_strip_mm(const at::Tensor& b_op) {
   const int64_t k = b_op.size(1), n = b_op.size(2);
-  TORCH_INTERNAL_ASSERT(b_op.scalar_type() == at::kFloat && b_op.stride(2) == 1);
+  // A single column may have any stride (the position-major copy of a one-channel q is a view).
+  TORCH_INTERNAL_ASSERT(b_op.scalar_type() == at::kFloat && (b_op.stride(2) == 1 || n == 1));
   at::Tensor packed = at::empty({b_op.size(0), strip_gemm_packed_size(k, n)}, b_op.options());
   at::parallel_for(0, b_op.size(0), 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
@@ -158,6 +159,7 @@ void strip_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const a
     at::mm_out(out, a, b);
     return;
   }
+  TORCH_INTERNAL_ASSERT((a.stride(1) == 1 || a.size(1) == 1) && (out.stride(1) == 1 || out.size(1) == 1));
   strip_gemm(a.data_ptr<float>(), a.stride(0), a.size(0), a.size(1), b_packed.data_ptr<float>(), b.size(1),
              out.data_ptr<float>(), out.stride(0));
 }

@@ -55,11 +55,15 @@ IPF_INLINE T scaled_row_max(const T* __restrict e, int64_t n, T scale) {
   return scale < 0 ? -signed_row_max(e, n, T(-1)) * scale : signed_row_max(e, n, T(1)) * scale;
 }
 
-// e_j <- exp(e_j * scale - shift) over one row.
-template <typename T>
+// e_j <- exp(e_j * scale - shift) over one row; kBelowMax: shift is the row's max(e * scale), so no
+// argument can overflow (exp_acc_nonpositive, simd.h).
+template <bool kBelowMax, typename T>
 IPF_INLINE void exp_row(T* __restrict e, int64_t n, T scale, T shift) {
   IPF_IVDEP
-  for (int64_t j = 0; j < n; ++j) e[j] = exp_acc(e[j] * scale - shift);
+  for (int64_t j = 0; j < n; ++j) {
+    const T x = e[j] * scale - shift;
+    e[j] = kBelowMax ? exp_acc_nonpositive(x) : exp_acc(x);
+  }
 }
 
 // Forward: the scores of each row become its unnormalised probabilities exp(s * scale - max), and
@@ -70,7 +74,7 @@ IPF_MULTIVERSION void softmax_strip(T* __restrict s, int64_t rows, int64_t n, in
   for (int64_t i = 0; i < rows; ++i) {
     T* __restrict e = s + i * ld;
     const T mx = scaled_row_max(e, n, scale);
-    exp_row(e, n, scale, mx);
+    exp_row<true>(e, n, scale, mx);
     row_max[i] = mx;
     row_sum[i] = static_cast<T>(sum_row(e, n));
   }
@@ -83,7 +87,8 @@ IPF_MULTIVERSION void probabilities_delta_strip(T* __restrict s, const T* __rest
                                                 int64_t ld, T scale, const T* __restrict lse, T* __restrict delta) {
   for (int64_t i = 0; i < rows; ++i) {
     T* __restrict e = s + i * ld;
-    exp_row(e, n, scale, lse[i]);
+    // lse comes from the caller (a direct op call may pass any), so overflow is handled.
+    exp_row<false>(e, n, scale, lse[i]);
     delta[i] = static_cast<T>(dot_row(e, dp + i * ld, n));
   }
 }

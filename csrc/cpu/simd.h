@@ -96,14 +96,11 @@ IPF_INLINE double exp_d(double x_in) {
   return x_in > 709.782712893384 ? std::numeric_limits<double>::infinity() : (x_in < -708.0 ? 0.0 : e);
 }
 
-// exp(x) in float to ~2 ulp, branch-free (for the attention's probabilities, which are float for
-// float and bfloat16 inputs): x = n ln2 + r with ln2 split in two (Cody-Waite), |r| <= ln2/2, the
-// degree-7 Taylor polynomial of e^r (truncation < 6e-9 relative, below float's 6e-8 unit) and 2^n
-// in the exponent bits. Accurate on [-87.33, 88.3] (the attention's arguments are <= 0 up to
-// rounding); below -87.33, where e^x leaves float's normal range, the result is 0, above 88.72 inf,
-// and in between e^88.3 (2^n must stay a normal float).
-IPF_INLINE float exp_f(float x_in) {
-  const float x = std::min(std::max(x_in, -87.3365479f), 88.3f);
+// e^x in float to ~2 ulp for x in [-87.34, 88.3], branch-free (for the attention's probabilities,
+// which are float for float and bfloat16 inputs): x = n ln2 + r with ln2 split in two (Cody-Waite),
+// |r| <= ln2/2, the degree-7 Taylor polynomial of e^r (truncation < 6e-9 relative, below float's
+// 6e-8 unit) and 2^n in the exponent bits (2^n must stay a normal float, hence the range).
+IPF_INLINE float exp_f_in_range(float x) {
   constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold round(x / ln2)
   const float t = x * 1.44269504088896341f + kShift;
   const float n = t - kShift;
@@ -122,15 +119,40 @@ IPF_INLINE float exp_f(float x_in) {
   bits = (bits - shift_bits + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  const float e = p * scale;
-  return x_in > 88.7228391f ? std::numeric_limits<float>::infinity() : (x_in < -87.3365479f ? 0.0f : e);
+  return p * scale;
 }
 
-// exp in the accumulation type of a kernel: exp_f for float, exp_d for double.
+// Below this, e^x leaves float's normal range: exp_f and exp_f_nonpositive return 0.
+constexpr float kExpFLow = -87.3365479f;
+
+// e^x in float, exp_f_in_range on [-87.34, 88.3]: below -87.33 the result is 0, above 88.72 inf,
+// and in between e^88.3.
+IPF_INLINE float exp_f(float x_in) {
+  const float e = exp_f_in_range(std::min(std::max(x_in, kExpFLow), 88.3f));
+  return x_in > 88.7228391f ? std::numeric_limits<float>::infinity() : (x_in < kExpFLow ? 0.0f : e);
+}
+
+// exp_f for arguments that cannot overflow, as in the forward softmax, where x = s * scale -
+// max(s * scale) is <= 0 up to one rounding: the same values as exp_f for x <= 88.3 (NaN stays
+// NaN), without the upper clamp and overflow select, which took a third of the instructions of
+// the vectorised loop (selects that keep NaN compile to compare-and-blend pairs).
+IPF_INLINE float exp_f_nonpositive(float x_in) {
+  const float e = exp_f_in_range(x_in < kExpFLow ? kExpFLow : x_in);
+  return x_in < kExpFLow ? 0.0f : e;
+}
+
+// exp in the accumulation type of a kernel: exp_f for float, exp_d for double; the _nonpositive
+// form for arguments that cannot overflow (exp_d needs no such variant: it is used in double only).
 IPF_INLINE float exp_acc(float x) {
   return exp_f(x);
 }
 IPF_INLINE double exp_acc(double x) {
+  return exp_d(x);
+}
+IPF_INLINE float exp_acc_nonpositive(float x) {
+  return exp_f_nonpositive(x);
+}
+IPF_INLINE double exp_acc_nonpositive(double x) {
   return exp_d(x);
 }
 
