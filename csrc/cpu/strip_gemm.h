@@ -156,8 +156,11 @@ inline void strip_gemm(const float* a, int64_t lda, int64_t m, int64_t k, const 
     for (int64_t j0 = 0; j0 < n; j0 += NR) {
       const int64_t cols = std::min(NR, n - j0);
       const float* b = packed + j0 * k + k0 * NR;
-      for (int64_t i0 = 0; i0 < m; i0 += MR) {
-        const int64_t rows = std::min(MR, m - i0);
+      for (int64_t i0 = 0, rows = 0; i0 < m; i0 += rows) {
+        // A last tile of 1-3 rows would run at half speed or less (too few independent FMA chains to
+        // cover their latency): the last MR + 1 .. MR + 3 rows go as two tiles of 4-5 rows instead.
+        const int64_t left = m - i0;
+        rows = left > MR && left < MR + 4 ? (left + 1) / 2 : std::min(MR, left);
         const StripTile tile = kStripTiles[rows - 1];
         const float* a_tile = a + i0 * lda + k0;
         float* c_tile = c + i0 * ldc + j0;
