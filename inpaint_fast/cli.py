@@ -209,7 +209,8 @@ def _busy_cpus() -> int:
 
 def _run_plan(plan, device, config, seed: int) -> list:
     """Every result of ``plan``, with progress on the terminal or as lines (inpaint_fast.bench.progress);
-    on the CPU also the GEMM ceiling, sampled between the cases (inpaint_fast.bench.ceilings)."""
+    on the CPU also the GEMM ceiling, sampled before every timed result, which is set against the
+    ceiling around it (inpaint_fast.bench.ceilings)."""
     from inpaint_fast.bench import run
     from inpaint_fast.bench.ceilings import GemmCeiling
     from inpaint_fast.bench.progress import progress
@@ -222,7 +223,11 @@ def _run_plan(plan, device, config, seed: int) -> list:
         for bench, cases, modes, providers in plan:
             results += run(bench, cases, modes, providers, device, config, progress=bar, on_case=on_case, seed=seed,
                            ceiling=ceiling)
-    return results + ([ceiling.result()] if ceiling is not None else [])
+    if ceiling is None:
+        return results
+    gemm = ceiling.result()
+    ceiling.attach(results)
+    return results + [gemm]
 
 
 def _save(dest, results, env) -> None:

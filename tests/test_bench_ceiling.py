@@ -139,18 +139,61 @@ def test_the_gpu_runs_ceilings_stay_tiny_on_the_cpu():
     assert (copy.kernel, copy.shape, copy.status) == ("ceiling_copy", f"bytes{8 * 2**20}", "ok")
 
 
-def test_the_runner_samples_the_ceiling_before_every_case_and_variant():
+def test_the_runner_samples_the_ceiling_before_every_timed_result():
     class Counting:
         samples = 0
 
         def sample(self):
             self.samples += 1
+            return self.samples - 1
 
     counting = Counting()
     bench = FusionBlockBench()
     cases = bench.cases(Sweep(sizes=(8,), dtypes=("fp32",), modes=(), batch=1, levels=(0, 1)), CPU)
     results = run(bench, cases, ("eval-fwd", "train-fwd"), ("reference",), CPU, TINY_CONFIG, ceiling=counting)
     assert counting.samples == len(cases) * 2 and all(r.status == "ok" for r in results)
+    assert [r.ceiling_burst for r in results] == list(range(len(results)))  # each its own, in order
+
+
+def test_each_fraction_divides_by_the_ceiling_bursts_around_its_result():
+    """A machine that slows down through the run: each result is set against the two bursts
+    around it, not against the run's pooled median."""
+    ceiling = GemmCeiling(CPU, TINY_CONFIG, n=64)
+    ceiling._call = lambda: None  # the bursts' times are scripted below
+    ceiling.burst_times = [[1.0, 1.0], [3.0, 3.0], [5.0]]  # seconds per call: the machine slows
+    ceiling.bursts = 3
+    flops = 2.0 * 64**3
+    assert ceiling.rate_around(0) == pytest.approx(flops / 2000.0)  # median of 1, 1, 3, 3 s = 2 s
+    assert ceiling.rate_around(1) == pytest.approx(flops / 3000.0)  # 3, 3, 5
+    assert ceiling.rate_around(2) == pytest.approx(flops / 5000.0)  # the last burst alone
+    assert ceiling.rate_around(3) is None
+    early, late, untimed = _op(), _op(), _op()
+    early.ceiling_burst, late.ceiling_burst = 0, 1
+    ceiling.attach([early, late, untimed])
+    assert (early.ceiling_rate, late.ceiling_rate, untimed.ceiling_rate) == (
+        ceiling.rate_around(0), ceiling.rate_around(1), None)
+    pooled = _ceiling()
+    op_rate = early.flops / early.timing.p50
+    assert fraction_of_gemm(early, pooled)[1] == pytest.approx(op_rate / early.ceiling_rate)
+    assert fraction_of_gemm(late, pooled)[1] == pytest.approx(op_rate / late.ceiling_rate)
+    assert fraction_of_gemm(untimed, pooled)[1] == pytest.approx(op_rate / (pooled.flops / pooled.timing.p50))
+    # The CSV states the rate each fraction divides by, so it can be recomputed from the file.
+    rows = results_to_rows([late, pooled], ENV)
+    frac = _metric(rows, "short_long_attention", "fraction_of_gemm")
+    assert f"GEMM ceiling around it {late.ceiling_rate / 1e9:.4g} TFLOP/s" in frac["note"]
+    tflops = _metric(rows, "short_long_attention", "tflops")
+    assert frac["p50"] == pytest.approx(tflops["p50"] / (late.ceiling_rate / 1e9), rel=1e-12)
+
+
+def test_a_real_run_attaches_a_rate_to_every_timed_result():
+    ceiling = GemmCeiling(CPU, TimingConfig(min_run_time=0.004, min_reps=3, warmup_time=0.0), n=64)
+    bench = FusionBlockBench()
+    cases = bench.cases(Sweep(sizes=(8,), dtypes=("fp32",), modes=(), batch=1, levels=(1,)), CPU)
+    results = run(bench, cases, ("eval-fwd",), ("reference", "cpu"), CPU, TINY_CONFIG, ceiling=ceiling)
+    gemm = ceiling.result()
+    ceiling.attach(results)
+    assert gemm.status == "ok" and ceiling.bursts == len(results) + 1, (gemm.note, ceiling.bursts)
+    assert all(r.ceiling_rate and r.ceiling_rate > 0 for r in results), [(r.provider, r.ceiling_rate) for r in results]
 
 
 # ---------------------------------------------------------------------------------------------

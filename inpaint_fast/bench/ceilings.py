@@ -8,10 +8,12 @@
   - CPU: fp32 in and out, 2048³ (≈17 GFLOP, a few hundred ms on two cores), on the threads the
     kernels run on (``torch.get_num_threads()`` at the time of each call). ``inpaint-fast bench``
     (and so the sweep scripts in benchmarks/) measures it in every CPU run, as
-    :class:`GemmCeiling`: one short burst of calls before every (case, variant) of the op
-    timings and one at the end, pooled into one result, so that the ceiling and the ops see the
-    same machine (a busy neighbour slows both). Every timed op result then gets a
-    ``fraction_of_gemm`` row (:mod:`.rows`).
+    :class:`GemmCeiling`: one short burst of calls before every timed op result and one at the
+    end. Each op result's ``fraction_of_gemm`` row (:mod:`.rows`) divides by the median of the two
+    bursts around it, so that the ceiling and the op see the same machine: a shared or
+    frequency-scaling CPU drifts by tens of percent within a minute (benchmarks/NOTES.md), and
+    one pooled rate then put results of the same run against a machine that was not there. All
+    bursts are also pooled into the run's one ``ceiling_gemm`` result.
 
 * ``ceiling_copy`` — a device-to-device copy (``dst.copy_(src)``): the attainable memory
   bandwidth, in GB/s counting the bytes read plus the bytes written (2·size). The fusion-block
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -136,11 +138,13 @@ class GemmCeiling:
 
     ``sample()`` runs one burst: a warm-up call, then calls timed one by one with the host clock
     (as ``torch.utils.benchmark`` times the providers, on the same threads) until at least two
-    have run and ``config.min_run_time / 4`` seconds have passed. :func:`.runner.run` calls it
-    before every (case, variant); :meth:`result` runs a last burst, tops the calls up to
+    have run and ``config.min_run_time / 4`` seconds have passed; it returns the burst's index.
+    :func:`.runner.run` calls it before every timed result and records the index in the result
+    (``Result.ceiling_burst``). :meth:`result` runs a last burst, tops the calls up to
     ``config.min_reps``, and returns the one ``ceiling_gemm`` result: p20/p50/p80 over every
-    timed call of the run, and the peak memory of one call. A GEMM that fails its spot check is
-    ``wrong`` and never timed (then no ``fraction_of_gemm`` rows are written).
+    timed call of the run, and the peak memory of one call. :meth:`attach` then gives every
+    sampled result the rate of the bursts around it (``Result.ceiling_rate``). A GEMM that fails
+    its spot check is ``wrong`` and never timed (then no ``fraction_of_gemm`` rows are written).
     """
 
     def __init__(self, device: torch.device, config: TimingConfig = TimingConfig(), n: Optional[int] = None,
@@ -152,6 +156,7 @@ class GemmCeiling:
         self.device, self.config = device, config
         self.n, self.dtype = n or spec_n, dtype or spec_dtype
         self.times: List[float] = []  # seconds, one per timed call
+        self.burst_times: List[List[float]] = []  # the same calls, by burst
         self.bursts = 0
         self._call: Optional[Callable[[], torch.Tensor]] = None
         self._failure: Optional[Tuple[str, str]] = None  # (status, note)
@@ -174,25 +179,46 @@ class GemmCeiling:
                 self._failure = failure_status(exc)
         return self._call is not None
 
-    def _timed_calls(self, count: int, seconds: float) -> None:
+    def _timed_calls(self, count: int, seconds: float) -> List[float]:
         start = time.perf_counter()
-        done = 0
-        while done < count or time.perf_counter() - start < seconds:
+        done = []
+        while len(done) < count or time.perf_counter() - start < seconds:
             t0 = time.perf_counter()
             self._call()
-            self.times.append(time.perf_counter() - t0)
-            done += 1
+            done.append(time.perf_counter() - t0)
+        self.times += done
+        return done
 
-    def sample(self) -> None:
-        """One burst (see the class docstring); a failure is kept for :meth:`result`."""
+    def sample(self) -> Optional[int]:
+        """One burst (see the class docstring): its index, or None when the GEMM cannot be timed
+        (the failure is kept for :meth:`result`)."""
         if not self._prepare():
-            return
+            return None
         try:
             self._call()  # warm-up: caches and threads were the op's a moment ago
-            self._timed_calls(2, self.config.min_run_time / 4)
+            self.burst_times.append(self._timed_calls(2, self.config.min_run_time / 4))
             self.bursts += 1
+            return self.bursts - 1
         except Exception as exc:  # noqa: BLE001
             self._call, self._failure = None, failure_status(exc)
+            return None
+
+    def rate_around(self, burst: int) -> Optional[float]:
+        """FLOP per ms of the median call of burst ``burst`` and the one after it (the bursts just
+        before and after the result that recorded ``burst``); None for an unknown burst."""
+        if not 0 <= burst < len(self.burst_times):
+            return None
+        times = sorted(self.burst_times[burst] + (self.burst_times[burst + 1] if burst + 1 < len(self.burst_times)
+                                                   else []))
+        return 2.0 * self.n**3 / (quantiles(times)[1] * 1e3)
+
+    def attach(self, results: Sequence[Result]) -> None:
+        """Give every result that recorded a burst (``ceiling_burst``) the ceiling's rate around it
+        (``ceiling_rate``), which its fraction_of_gemm then divides by. Call after :meth:`result`,
+        whose last burst is the one after the run's last result."""
+        for r in results:
+            if r.ceiling_burst is not None and self._call is not None:
+                r.ceiling_rate = self.rate_around(r.ceiling_burst)
 
     def result(self) -> Result:
         """The run's ``ceiling_gemm`` result (after one last burst)."""
@@ -208,7 +234,8 @@ class GemmCeiling:
             res.peak_mb = peak_memory_mb(self._call, self.device)
             res.flops = 2.0 * self.n**3
             res.note = (f"torch.mm, {self.dtype} in and out, {torch.get_num_threads()} threads; {len(self.times)} "
-                        f"calls in {self.bursts} bursts between the op timings")
+                        f"calls in {self.bursts} bursts between the op timings; each op's fraction_of_gemm "
+                        "divides by the two bursts around it")
         except Exception as exc:  # noqa: BLE001
             res.timing, res.peak_mb = None, math.nan
             res.status, res.note = failure_status(exc)

@@ -44,6 +44,11 @@ class Result:
     nbytes: Optional[float] = None
     speedup: Optional[Tuple[float, float, float]] = field(default=None)
     items: Optional[int] = None  # images per call (end-to-end steps): adds an images_per_s metric
+    # CPU runs: the GEMM ceiling burst timed just before this result (:class:`.ceilings.GemmCeiling`),
+    # and, once the run is over, the ceiling's FLOP rate (per ms) around it, which its
+    # fraction_of_gemm divides by.
+    ceiling_burst: Optional[int] = None
+    ceiling_rate: Optional[float] = None
 
 
 # How a failed allocation reads: CUDA's "out of memory", torch's CPU allocator ("can't allocate
@@ -108,13 +113,14 @@ def find_gemm_ceiling(results: Sequence[Result]) -> Optional[Result]:
 
 
 def fraction_of_gemm(result: Result, ceiling: Optional[Result]) -> Optional[Tuple[float, float, float]]:
-    """``result``'s FLOP rate over the ceiling's median FLOP rate, at the result's p20/p50/p80
-    (the p20 rate comes from the p80 time, so p20 <= p50 <= p80); None when either was not timed,
-    ``result`` counts no FLOPs, or ``result`` is a ceiling itself."""
+    """``result``'s FLOP rate over the ceiling's FLOP rate, at the result's p20/p50/p80 (the p20
+    rate comes from the p80 time, so p20 <= p50 <= p80): the rate of the ceiling timed next to the
+    result (``result.ceiling_rate``) where the run recorded one, else the ceiling's median. None
+    when either was not timed, ``result`` counts no FLOPs, or ``result`` is a ceiling itself."""
     if ceiling is None or ceiling.timing is None or not ceiling.flops or result.kernel.startswith("ceiling_"):
         return None
     t = result.timing
     if t is None or not result.flops:
         return None
-    rate = ceiling.flops / ceiling.timing.p50  # FLOP per ms, as below
+    rate = result.ceiling_rate or ceiling.flops / ceiling.timing.p50  # FLOP per ms, as below
     return (result.flops / t.p80 / rate, result.flops / t.p50 / rate, result.flops / t.p20 / rate)

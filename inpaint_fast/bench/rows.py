@@ -4,12 +4,14 @@ One result becomes one row per metric: ``ms`` always, then, when it was timed, `
 ``fraction_of_gemm``, ``gbps`` and ``images_per_s`` where the op counts them, ``peak_mb`` and
 ``speedup_vs_reference``.
 
-``fraction_of_gemm`` (p20/p50/p80) is the result's FLOP rate over the median FLOP rate of the
-run's GEMM ceiling (:func:`.outcome.fraction_of_gemm`): written for every timed result that
-counts FLOPs when the run measured one (a timed ``ceiling_gemm`` result among ``results``, or
-``ceiling=``), and absent otherwise. The ceiling's own row is an ordinary result (its ``ms``,
-``tflops`` and ``peak_mb``), so the fraction can be recomputed from the CSV:
-``fraction_of_gemm.pX = tflops.pX / ceiling_gemm tflops.p50``.
+``fraction_of_gemm`` (p20/p50/p80) is the result's FLOP rate over the FLOP rate of the run's
+GEMM ceiling (:func:`.outcome.fraction_of_gemm`): on the CPU the ceiling timed in the bursts just
+before and after the result (its note then states that rate), else the ceiling's median; written
+for every timed result that counts FLOPs when the run measured a ceiling (a timed
+``ceiling_gemm`` result among ``results``, or ``ceiling=``), and absent otherwise. The ceiling's
+own row is an ordinary result (its ``ms``, ``tflops`` and ``peak_mb``, over all bursts), so the
+fraction can be recomputed from the CSV: ``fraction_of_gemm.pX = tflops.pX / R``, R the rate in
+the note or, without one, ``ceiling_gemm tflops.p50``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ def results_to_rows(results: Sequence[Result], env: dict, ceiling: Optional[Resu
     ceiling = ceiling if ceiling is not None else find_gemm_ceiling(results)
     rows = []
     for r in results:
+        note = r.note
+        if r.ceiling_rate and r.flops and r.timing is not None and ceiling is not None:
+            around = f"GEMM ceiling around it {r.ceiling_rate / 1e9:.4g} TFLOP/s"
+            note = f"{note}; {around}" if note else around
         base = dict(kernel=r.kernel, provider=r.provider, mode=r.mode, dtype=r.dtype, shape=r.shape,
-                    status=r.status, note=r.note, **env)
+                    status=r.status, note=note, **env)
         t = r.timing
         if t is None:
             rows.append(dict(base, metric="ms"))

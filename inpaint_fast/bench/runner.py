@@ -5,9 +5,10 @@ Results come back as :class:`.outcome.Result` objects, speedups over the case's 
 provider attached; :mod:`.rows` turns them into CSV rows.
 
 With a ``ceiling`` (a :class:`.ceilings.GemmCeiling`, as ``inpaint-fast bench`` passes on the
-CPU), a burst of the GEMM ceiling runs before every (case, variant), so that the ceiling is
-sampled through the whole run, close in time to the op timings it is compared with; the caller
-takes the ceiling's result (``ceiling.result()``) once all op results are in.
+CPU), a burst of the GEMM ceiling runs before every timed result, whose ``ceiling_burst``
+records it, so that each result can be set against the ceiling measured right around it; once
+all op results are in, the caller takes the ceiling's result (``ceiling.result()``) and attaches
+the rates to the results (``ceiling.attach(results)``).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def run(
     as they are measured, speedups over the case's reference included, so a caller can save
     them case by case (a run cut off later keeps what it measured).
     ``extra_providers`` adds providers that are not in the op's registry (tests inject a wrong
-    one this way). ``ceiling``: a :class:`.ceilings.GemmCeiling` to sample before every (case,
-    variant), or None."""
+    one this way). ``ceiling``: a :class:`.ceilings.GemmCeiling` to sample before every timed
+    result, or None."""
     registry = dict(bench.providers())
     registry.update(extra_providers or {})
     unknown = [p for p in providers if p not in registry]
@@ -64,10 +65,6 @@ def run(
             need_grad = any(p != "fwd" for _, p in vmodes)
             oracle, oracle_note = None, ""
             first = len(results)
-            if ceiling is not None:
-                if progress is not None:
-                    progress.set_postfix_str(f"GEMM ceiling before {bench.kernel} {case.shape}", refresh=True)
-                ceiling.sample()
             try:
                 oracle = make_oracle(bench, case, device, variant, need_grad, seed)
             except Exception as exc:  # noqa: BLE001 - recorded; the providers are still timed
@@ -83,6 +80,11 @@ def run(
                     status, note = verdict["fwd" if pass_ == "fwd" else "grad"]
                     res = Result(bench.kernel, name, mode, case.dtype, case.shape, status, note)
                     if status in ("ok", "unverified"):
+                        if ceiling is not None:
+                            if progress is not None:
+                                progress.set_postfix_str(f"GEMM ceiling before {bench.kernel} {name} {mode} "
+                                                         f"{case.shape}", refresh=True)
+                            res.ceiling_burst = ceiling.sample()
                         _measure(res, bench, case, fn, variant, pass_, device, config, seed)
                     results.append(res)
                     if progress is not None:
