@@ -225,13 +225,14 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
     at::Tensor strip = padded_rows(nchunks, BM, N, opts);
     at::Tensor row_stats = at::empty({nchunks, 2, BM}, opts);
 
-    // One chunk per thread with a fixed item range, so the work split (and every result bit)
-    // does not depend on how the backend schedules chunks onto threads. Strips are independent
-    // in the forward, so (image, strip) pairs are spread over the chunks freely.
     // Both products of a strip have a right-hand operand shared by all strips of the image (the
     // keys, the values): on strip_gemm (see the top), packed once per image.
     const at::Tensor Qpacked = own_gemm ? pack_for_strip_mm(Q) : at::Tensor();
     const at::Tensor Vpacked = own_gemm ? pack_for_strip_mm(Vt) : at::Tensor();
+
+    // One chunk per thread with a fixed item range, so the work split (and every result bit)
+    // does not depend on how the backend schedules chunks onto threads. Strips are independent
+    // in the forward, so (image, strip) pairs are spread over the chunks freely.
 
     AT_DISPATCH_FLOATING_TYPES(acc, "short_long_attention_fwd_cpu", [&] {
       const scalar_t sc = static_cast<scalar_t>(scale);
