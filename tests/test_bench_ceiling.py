@@ -161,7 +161,6 @@ def test_each_fraction_divides_by_the_ceiling_bursts_around_its_result():
     ceiling = GemmCeiling(CPU, TINY_CONFIG, n=64)
     ceiling._call = lambda: None  # the bursts' times are scripted below
     ceiling.burst_times = [[1.0, 1.0], [3.0, 3.0], [5.0]]  # seconds per call: the machine slows
-    ceiling.bursts = 3
     flops = 2.0 * 64**3
     assert ceiling.rate_around(0) == pytest.approx(flops / 2000.0)  # median of 1, 1, 3, 3 s = 2 s
     assert ceiling.rate_around(1) == pytest.approx(flops / 3000.0)  # 3, 3, 5

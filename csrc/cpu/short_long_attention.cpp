@@ -233,7 +233,6 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
     // One chunk per thread with a fixed item range, so the work split (and every result bit)
     // does not depend on how the backend schedules chunks onto threads. Strips are independent
     // in the forward, so (image, strip) pairs are spread over the chunks freely.
-
     AT_DISPATCH_FLOATING_TYPES(acc, "short_long_attention_fwd_cpu", [&] {
       const scalar_t sc = static_cast<scalar_t>(scale);
       at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {

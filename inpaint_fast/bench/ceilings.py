@@ -157,7 +157,6 @@ class GemmCeiling:
         self.n, self.dtype = n or spec_n, dtype or spec_dtype
         self.times: List[float] = []  # seconds, one per timed call
         self.burst_times: List[List[float]] = []  # the same calls, by burst
-        self.bursts = 0
         self._call: Optional[Callable[[], torch.Tensor]] = None
         self._failure: Optional[Tuple[str, str]] = None  # (status, note)
 
@@ -197,19 +196,22 @@ class GemmCeiling:
         try:
             self._call()  # warm-up: caches and threads were the op's a moment ago
             self.burst_times.append(self._timed_calls(2, self.config.min_run_time / 4))
-            self.bursts += 1
             return self.bursts - 1
         except Exception as exc:  # noqa: BLE001
             self._call, self._failure = None, failure_status(exc)
             return None
+
+    @property
+    def bursts(self) -> int:
+        """How many bursts have been timed."""
+        return len(self.burst_times)
 
     def rate_around(self, burst: int) -> Optional[float]:
         """FLOP per ms of the median call of burst ``burst`` and the one after it (the bursts just
         before and after the result that recorded ``burst``); None for an unknown burst."""
         if not 0 <= burst < len(self.burst_times):
             return None
-        times = sorted(self.burst_times[burst] + (self.burst_times[burst + 1] if burst + 1 < len(self.burst_times)
-                                                   else []))
+        times = [t for b in self.burst_times[burst:burst + 2] for t in b]
         return 2.0 * self.n**3 / (quantiles(times)[1] * 1e3)
 
     def attach(self, results: Sequence[Result]) -> None:
