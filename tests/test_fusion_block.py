@@ -25,7 +25,8 @@ from op_samples import (
 ALL_BACKENDS = ["reference"] + CPU_BACKENDS
 
 # (B, c, h, w, H, W, A): DFNet's fuse_0 (identity resize) and deeper levels (2x, 4x), a non-integer
-# ratio, odd sizes, c not a power of two, c_alpha = 1 and 3.
+# ratio, odd sizes, c not a power of two, c_alpha = 1 and 3. The CPU kernel's map conv sums the
+# channels in blocks of four: c = 3, 5 and 12 cover a partial block, a whole one and several.
 SHAPES = [
     (2, 4, 16, 16, 16, 16, 3),
     (1, 64, 8, 8, 16, 16, 3),

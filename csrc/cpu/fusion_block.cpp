@@ -16,6 +16,12 @@
 //    of the 3x3 convolution that reads it, so each thread recomputes the three a1 rows the stencil
 //    needs into a ring buffer; consecutive output rows share two of them, so only the halo row at
 //    the start of a thread's range is computed twice.
+//  * Xk and R (6 channels, double) are not stored in the eval forward: its single pass computes
+//    each row where the a1 ring needs it (XRRows), so it writes nothing but its outputs. A fresh
+//    multi-MB buffer also costs a page fault per 4 KiB on first touch, up to a third of the eval
+//    forward's time when the allocator hands back fresh pages. Training and the backward, which
+//    need the rows in 2 and 3 later passes, store them: computing them again in each pass (three
+//    double sigmoids per pixel, and c feature reads) measured slower even at c = 4.
 //  * z1 = W1 in + b1 is affine in the 6 inputs, so BN1's batch statistics follow from the 6x6
 //    covariance of `in` (mean W1 mu + b1, variance w_m^T C w_m / M) without a pass over Cm channels.
 //    The same linearity folds BN1's training backward through conv1: dz1 is affine in (g1, in), so
@@ -66,16 +72,14 @@ namespace {
 
 // ---- forward -----------------------------------------------------------------------------------
 
-// The forward's per-pixel buffers and outputs.
+// The forward's per-pixel buffers and outputs: Xk and R only in training (see the design notes).
 template <typename T>
 struct FwdBuffers {
-  const T* F;    // feat
-  const T* img;  // image
-  double* X;     // Xk, (B, 3, h, w)
-  double* R;     // R, (B, 3, h, w)
-  T* Y;          // out
-  T* AL;         // alpha
-  T* RAW;        // raw
+  const double* X;  // Xk, (B, 3, h, w) double; null in eval
+  const double* R;  // R, likewise
+  T* Y;             // out
+  T* AL;            // alpha
+  T* RAW;           // raw
 };
 
 // v as the statistics dtype st stores it (st is float32 or float64).
@@ -106,10 +110,12 @@ void bn1_batch_stats(const Shape& s, const std::vector<double>& in_blocks, at::S
 // statistics); training stores z2 into Z2 and its per-block moments into z_blocks, since BN2 needs
 // the statistics of the whole batch first.
 template <typename T, int A>
-void forward_z2_pass(const Shape& s, const A1Rows<T>& a1rows, const std::vector<T>& W2, const std::vector<T>& b2,
-                     const Head& hd, bool training, const FwdBuffers<T>& io, T* Z2, std::vector<double>& z_blocks) {
+void forward_z2_pass(const Shape& s, const XRMaker<T>& maker, const A1Rows<T>& a1rows, const std::vector<T>& W2,
+                     const std::vector<T>& b2, const Head& hd, bool training, const FwdBuffers<T>& io, T* Z2,
+                     std::vector<double>& z_blocks) {
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
-    Z2Rows<T, A> z2rows(s, a1rows, W2.data(), b2.data());
+    XRRows<T> xr(s, maker, io.X, io.R);
+    Z2Rows<T, A> z2rows(s, a1rows, xr, W2.data(), b2.data());
     std::vector<double> tmp(4 * A * s.w);
     for_rows(s, blk0, blk1, [&](int64_t blk, int64_t b, int64_t y) {
       const T* z2row = z2rows.row(b, y);
@@ -123,7 +129,9 @@ void forward_z2_pass(const Shape& s, const A1Rows<T>& a1rows, const std::vector<
         }
         row_moments<T>(rows, A, s.w, tmp.data(), z_blocks.data() + blk * moments_size(A));
       } else {
-        finish_row<T, A>(z2row, io.X + o3, io.R + o3, s.hw, hd, s.w, tmp.data(), io.AL + oa, io.Y + o3, io.RAW + o3);
+        // Row y of Xk and R is still in the ring: z2rows computed it for a1 row y.
+        const XRRow in = xr.row(b, y);
+        finish_row<T, A>(z2row, in.X, in.R, in.cs, hd, s.w, tmp.data(), io.AL + oa, io.Y + o3, io.RAW + o3, s.hw);
       }
     });
   });
@@ -132,8 +140,10 @@ void forward_z2_pass(const Shape& s, const A1Rows<T>& a1rows, const std::vector<
 // Pass 3 (training): the head and the blend of every row from the stored z2, with BN2's batch
 // statistics in hd.
 template <typename T, int A>
-void forward_finish_pass(const Shape& s, const Head& hd, const T* Z2, const FwdBuffers<T>& io) {
+void forward_finish_pass(const Shape& s, const XRMaker<T>& maker, const Head& hd, const T* Z2,
+                         const FwdBuffers<T>& io) {
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
+    XRRows<T> xr(s, maker, io.X, io.R);
     std::vector<T> z2row(A * s.w);
     std::vector<double> tmp(4 * A * s.w);
     for_rows(s, blk0, blk1, [&](int64_t, int64_t b, int64_t y) {
@@ -141,8 +151,9 @@ void forward_finish_pass(const Shape& s, const Head& hd, const T* Z2, const FwdB
       const int64_t oa = row_offset(s, A, b, y);
       for (int a = 0; a < A; ++a)
         std::copy(Z2 + oa + a * s.hw, Z2 + oa + a * s.hw + s.w, z2row.data() + a * s.w);
-      finish_row<T, A>(z2row.data(), io.X + o3, io.R + o3, s.hw, hd, s.w, tmp.data(), io.AL + oa, io.Y + o3,
-                       io.RAW + o3);
+      const XRRow in = xr.row(b, y);
+      finish_row<T, A>(z2row.data(), in.X, in.R, in.cs, hd, s.w, tmp.data(), io.AL + oa, io.Y + o3, io.RAW + o3,
+                       s.hw);
     });
   });
 }
@@ -151,16 +162,21 @@ template <typename T, int A>
 void forward_typed(const Shape& s, const at::Tensor& feat, const at::Tensor& image, HostParams& p, bool training,
                    double eps, at::ScalarType stat_type, at::Tensor& out, at::Tensor& alpha, at::Tensor& raw) {
   const auto opt_d = feat.options().dtype(at::kDouble);
-  at::Tensor xbuf = at::empty({s.B, 3, s.h, s.w}, opt_d), rbuf = at::empty({s.B, 3, s.h, s.w}, opt_d);
-  const FwdBuffers<T> io{feat.data_ptr<T>(),    image.data_ptr<T>(),   xbuf.data_ptr<double>(), rbuf.data_ptr<double>(),
-                         out.data_ptr<T>(), alpha.data_ptr<T>(), raw.data_ptr<T>()};
+  at::Tensor xbuf = training ? at::empty({s.B, 3, s.h, s.w}, opt_d) : at::Tensor();
+  at::Tensor rbuf = training ? at::empty({s.B, 3, s.h, s.w}, opt_d) : at::Tensor();
+  double* X = training ? xbuf.data_ptr<double>() : nullptr;
+  double* R = training ? rbuf.data_ptr<double>() : nullptr;
+  const FwdBuffers<T> io{X, R, out.data_ptr<T>(), alpha.data_ptr<T>(), raw.data_ptr<T>()};
+  const XRMaker<T> maker(s, image.data_ptr<T>(), feat.data_ptr<T>(), p);
   const std::vector<T> W2 = cast_vec<T>(p.W2), b2 = cast_vec<T>(p.b2);
 
-  // Pass 1: Xk and R (and, in training, the moments of [Xk, R] that give BN1's batch statistics).
-  std::vector<double> in_blocks(training ? s.num_blocks * moments_size(6) : 0, 0.0);
-  compute_xr<T>(s, io.img, io.F, p, io.X, io.R, training ? in_blocks.data() : nullptr);
-  if (training) bn1_batch_stats(s, in_blocks, stat_type, p);
-  const A1Rows<T> a1rows(s, p, eps, io.X, io.R);
+  // Pass 1 (training): the moments of [Xk, R], which give BN1's batch statistics.
+  if (training) {
+    std::vector<double> in_blocks(s.num_blocks * moments_size(6), 0.0);
+    xr_moments_pass<T>(s, maker, X, R, in_blocks.data());
+    bn1_batch_stats(s, in_blocks, stat_type, p);
+  }
+  const A1Rows<T> a1rows(s, p, eps);
 
   std::vector<double> invstd2(A);
   const Head hd{p.mean2.data(), invstd2.data(), p.g2.data(), p.be2.data(), p.W3.data(), p.b3.data()};
@@ -170,7 +186,7 @@ void forward_typed(const Shape& s, const at::Tensor& feat, const at::Tensor& ima
   at::Tensor z2buf = training ? at::empty({s.B, A, s.h, s.w}, feat.options()) : at::Tensor();
   T* Z2 = training ? z2buf.data_ptr<T>() : nullptr;
   std::vector<double> z_blocks(training ? s.num_blocks * moments_size(A) : 0, 0.0);
-  forward_z2_pass<T, A>(s, a1rows, W2, b2, hd, training, io, Z2, z_blocks);
+  forward_z2_pass<T, A>(s, maker, a1rows, W2, b2, hd, training, io, Z2, z_blocks);
   if (!training) return;
 
   // Pass 3 (training): BN2 with the batch statistics, then the rest of each row.
@@ -180,7 +196,7 @@ void forward_typed(const Shape& s, const at::Tensor& feat, const at::Tensor& ima
     p.var2[a] = round_to(std::max(zm[1 + A + a * A + a] / static_cast<double>(s.M), 0.0), stat_type);
   }
   set_bn2_invstd(p, eps, invstd2);
-  forward_finish_pass<T, A>(s, hd, Z2, io);
+  forward_finish_pass<T, A>(s, maker, hd, Z2, io);
 }
 
 // ---- backward ----------------------------------------------------------------------------------
@@ -215,8 +231,9 @@ struct Bn2Bwd {
 // Pass 2: recompute a1 -> z2 -> alpha and propagate down to g2 (dL/d BN2 output), with the direct
 // parts of dL/dXk and dL/dR; the head's gradients (W3, b3, BN2's gamma and beta, b2) from its sums.
 template <typename T, int A>
-Bn2Bwd backward_head_pass(const Shape& s, const HostParams& p, const A1Rows<T>& a1rows, const std::vector<T>& W2,
-                          const std::vector<T>& b2, bool training, double eps, const BwdBuffers<T>& io, Grads& gr) {
+Bn2Bwd backward_head_pass(const Shape& s, const HostParams& p, const XRMaker<T>& maker, const A1Rows<T>& a1rows,
+                          const std::vector<T>& W2, const std::vector<T>& b2, bool training, double eps,
+                          const BwdBuffers<T>& io, Grads& gr) {
   const double M = static_cast<double>(s.M);
   std::vector<double> invstd2(A);
   set_bn2_invstd(p, eps, invstd2);
@@ -224,13 +241,15 @@ Bn2Bwd backward_head_pass(const Shape& s, const HostParams& p, const A1Rows<T>& 
   const int64_t k_head = A * A + 4 * A;
   std::vector<double> head_blocks(s.num_blocks * k_head, 0.0);
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
-    Z2Rows<T, A> z2rows(s, a1rows, W2.data(), b2.data());
+    XRRows<T> xr(s, maker, io.X, io.R);
+    Z2Rows<T, A> z2rows(s, a1rows, xr, W2.data(), b2.data());
     std::vector<double> tmp(5 * A * s.w);
     for_rows(s, blk0, blk1, [&](int64_t blk, int64_t b, int64_t y) {
       const T* z2row = z2rows.row(b, y);
       const int64_t o3 = row_offset(s, 3, b, y);
       const int64_t oa = row_offset(s, A, b, y);
-      head_bwd_row<T, A>(z2row, io.X + o3, io.R + o3, s.hw, io.gout + o3, io.galpha + oa, io.graw + o3, hd, s.w,
+      const XRRow in = xr.row(b, y);
+      head_bwd_row<T, A>(z2row, in.X, in.R, in.cs, s.hw, io.gout + o3, io.galpha + oa, io.graw + o3, hd, s.w,
                          tmp.data(), io.G2 + oa, io.N2 + oa, io.gX + o3, io.dRd + o3,
                          head_blocks.data() + blk * k_head);
     });
@@ -264,7 +283,8 @@ std::vector<double> bn1_scale(const HostParams& p, int64_t Cm, double eps) {
 // the per-pixel u = W1^T D g1 goes straight into the Xk and R gradients. Returns the sums
 // S1 = sum g1 (Cm) followed by P = sum g1 (in - mu)^T (Cm x 6).
 template <typename T, int A>
-std::vector<double> backward_conv_pass(const Shape& s, const HostParams& p, const A1Rows<T>& a1rows,
+std::vector<double> backward_conv_pass(const Shape& s, const HostParams& p, const XRMaker<T>& maker,
+                                       const A1Rows<T>& a1rows,
                                        const std::vector<T>& W2, const std::vector<double>& D, const Bn2Bwd& bn2,
                                        const double* mu, const BwdBuffers<T>& io, Grads& gr) {
   const T slope = static_cast<T>(kSlope);
@@ -275,9 +295,10 @@ std::vector<double> backward_conv_pass(const Shape& s, const HostParams& p, cons
   const int64_t k_conv = A * Cm * 9 + Cm + Cm * 6;
   std::vector<double> conv_blocks(s.num_blocks * k_conv, 0.0);
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
+    XRRows<T> xr(s, maker, io.X, io.R);
     RowRing<T> aring(Cm * s.ld, s.h), dring(A * s.ld, s.h);
     std::vector<T> in(6 * s.w), inc(6 * s.w), g(Cm * s.w), u(6 * s.w);
-    auto fill_a = [&](T* dst, int64_t b, int64_t y) { a1rows.fill(dst, b, y, in.data()); };
+    auto fill_a = [&](T* dst, int64_t b, int64_t y) { a1rows.fill(dst, xr.row(b, y), in.data()); };
     auto fill_d = [&](T* dst, int64_t b, int64_t y) {
       const int64_t oa = row_offset(s, A, b, y);
       for (int a = 0; a < A; ++a) {
@@ -297,10 +318,11 @@ std::vector<double> backward_conv_pass(const Shape& s, const HostParams& p, cons
       const T* d_mid = dring.get(b, y, fill_d);
       const T* d_down = dring.get(b, y + 1, fill_d);
       const int64_t o3 = row_offset(s, 3, b, y);
+      const XRRow xy = xr.row(b, y);
       for (int j = 0; j < 3; ++j)
         for (int64_t x = 0; x < s.w; ++x) {
-          inc[j * s.w + x] = static_cast<T>(io.X[o3 + j * s.hw + x] - mu[j]);
-          inc[(3 + j) * s.w + x] = static_cast<T>(io.R[o3 + j * s.hw + x] - mu[3 + j]);
+          inc[j * s.w + x] = static_cast<T>(xy.X[j * xy.cs + x] - mu[j]);
+          inc[(3 + j) * s.w + x] = static_cast<T>(xy.R[j * xy.cs + x] - mu[3 + j]);
         }
       conv_bwd_row<T, A>(a_up, a_mid, a_down, d_up, d_mid, d_down, inc.data(), W2.data(), W1D.data(), slope, Cm, s.w,
                          g.data(), u.data(), conv_blocks.data() + blk * k_conv);
@@ -379,16 +401,18 @@ Conv1InputGrad bn1_conv1_backward(const Shape& s, const HostParams& p, bool trai
 
 // Pass 4: the rest of dXk and dR, then the map conv (dF, and dWm, dbm into gr).
 template <typename T>
-void backward_tail_pass(const Shape& s, const HostParams& p, bool training, const double* mu,
+void backward_tail_pass(const Shape& s, const HostParams& p, const XRMaker<T>& maker, bool training, const double* mu,
                         const Conv1InputGrad& dz, const BwdBuffers<T>& io, Grads& gr) {
   const int64_t k_tail = 3 * s.c + 3;
   std::vector<double> tail_blocks(s.num_blocks * k_tail, 0.0);
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
+    XRRows<T> xr(s, maker, io.X, io.R);
     std::vector<double> dr(3 * s.w);
     for_rows(s, blk0, blk1, [&](int64_t blk, int64_t b, int64_t y) {
       const int64_t o3 = row_offset(s, 3, b, y);
       const int64_t oc = row_offset(s, s.c, b, y);
-      tail_bwd_row<T>(io.X + o3, io.R + o3, s.hw, io.F + oc, s.c, p.Wm.data(), training, mu, dz.K.data(),
+      const XRRow in = xr.row(b, y);
+      tail_bwd_row<T>(in.X, in.R, in.cs, s.hw, io.F + oc, s.c, p.Wm.data(), training, mu, dz.K.data(),
                       dz.c0.data(), io.gX + o3, io.dRd + o3, io.dF + oc, dr.data(), tail_blocks.data() + blk * k_tail,
                       s.w);
     });
@@ -415,15 +439,16 @@ void backward_typed(const Shape& s, const at::Tensor& gout, const at::Tensor& ga
   // Pass 1: recompute Xk and R, with the mean and covariance of in = [Xk, R] (the BN1 backward is
   // expressed through them, see conv_bwd_row).
   std::vector<double> in_blocks(s.num_blocks * moments_size(6), 0.0);
-  compute_xr<T>(s, io.img, io.F, p, io.X, io.R, in_blocks.data());
+  const XRMaker<T> maker(s, io.img, io.F, p);
+  xr_moments_pass<T>(s, maker, io.X, io.R, in_blocks.data());
   const InMoments in{reduce_moments(in_blocks, s.num_blocks, 6)};
-  const A1Rows<T> a1rows(s, p, eps, io.X, io.R);
+  const A1Rows<T> a1rows(s, p, eps);
 
-  const Bn2Bwd bn2 = backward_head_pass<T, A>(s, p, a1rows, W2, b2, training, eps, io, gr);
+  const Bn2Bwd bn2 = backward_head_pass<T, A>(s, p, maker, a1rows, W2, b2, training, eps, io, gr);
   const std::vector<double> D = bn1_scale(p, s.Cm, eps);
-  const std::vector<double> sums = backward_conv_pass<T, A>(s, p, a1rows, W2, D, bn2, in.mu(), io, gr);
+  const std::vector<double> sums = backward_conv_pass<T, A>(s, p, maker, a1rows, W2, D, bn2, in.mu(), io, gr);
   const Conv1InputGrad dz = bn1_conv1_backward(s, p, training, eps, in, D, sums, gr);
-  backward_tail_pass<T>(s, p, training, in.mu(), dz, io, gr);
+  backward_tail_pass<T>(s, p, maker, training, in.mu(), dz, io, gr);
 }
 
 // ---- op entry points ---------------------------------------------------------------------------

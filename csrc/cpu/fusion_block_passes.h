@@ -1,6 +1,7 @@
 // What both directions of the CPU fusion block run, internal to it (csrc/cpu/fusion_block.cpp):
-// the parameters as double host vectors (HostParams), pass 1 (Xk and R, and the moments of
-// [Xk, R]), a1 and z2 rows recomputed on demand, and BN2's invstd. The backward recomputes all
+// the parameters as double host vectors (HostParams), Xk and R rows (computed on demand or read
+// from buffers, and pass 1: the buffers and the moments of [Xk, R]), a1 and z2 rows recomputed on
+// demand, and BN2's invstd. The backward recomputes all
 // of these from its inputs instead of receiving them from the forward, so both directions run
 // the same code for them.
 //
@@ -52,35 +53,90 @@ HostParams host_params(const FusionBlockParams& t) {
   return p;
 }
 
-// Fills X (resized image) and R (raw), both (B, 3, h, w) double, and, if `moments` is non-null,
-// the per-block moments of the 6 channels [X, R].
+// Rows y of Xk and R for one image b: three channel rows each, `cs` apart.
+struct XRRow {
+  const double* X;
+  const double* R;
+  int64_t cs;
+};
+
+// What Xk and R are computed from (the image, the feature, the map conv and the resize tables);
+// fill() writes one row of both, so that a pass can compute rows where it needs them instead of
+// reading (B, 3, h, w) double buffers.
 template <typename T>
-void compute_xr(const Shape& s, const T* img, const T* F, const HostParams& p, double* X, double* R,
-                double* moments) {
-  const bool identity = s.H == s.h && s.W == s.w;
-  const LinearTable ty = linear_table(s.H, s.h);
-  const LinearTable tx = linear_table(s.W, s.w);
+class XRMaker {
+ public:
+  XRMaker(const Shape& s, const T* img, const T* F, const HostParams& p)
+      : s_(s), img_(img), F_(F), p_(p), identity_(s.H == s.h && s.W == s.w), ty_(linear_table(s.H, s.h)),
+        tx_(linear_table(s.W, s.w)) {}
+
+  // Row (b, y) of Xk into X and of R into R, channel rows cs apart.
+  void fill(int64_t b, int64_t y, double* X, double* R, int64_t cs) const {
+    xr_row<T>(img_ + b * 3 * s_.H * s_.W, s_.H, s_.W, identity_, ty_.i0[y], ty_.i1[y], ty_.l0[y], ty_.l1[y],
+              tx_.i0.data(), tx_.i1.data(), tx_.l0.data(), tx_.l1.data(), F_ + row_offset(s_, s_.c, b, y), s_.c,
+              s_.hw, p_.Wm.data(), p_.bm.data(), s_.w, cs, X, R);
+  }
+
+ private:
+  const Shape& s_;
+  const T* img_;
+  const T* F_;
+  const HostParams& p_;
+  bool identity_;
+  LinearTable ty_, tx_;
+};
+
+// One thread's source of Xk and R rows: the (B, 3, h, w) buffers X and R when the call stores them,
+// otherwise rows computed on demand into a three-row ring. A pass visits rows in order and the 3x3
+// stencil needs rows y-1, y, y+1, so with the ring each row is computed once per thread (twice
+// only at the halo row starting a thread's range). Computing is bitwise the same as storing.
+template <typename T>
+class XRRows {
+ public:
+  XRRows(const Shape& s, const XRMaker<T>& maker, const double* X = nullptr, const double* R = nullptr)
+      : s_(s), maker_(maker), X_(X), R_(R), ring_(X ? 0 : 6 * s.w, s.h) {}
+
+  // Row (b, y), 0 <= y < h; a computed row stays valid until three other rows were asked for.
+  XRRow row(int64_t b, int64_t y) {
+    if (X_) {
+      const int64_t o3 = row_offset(s_, 3, b, y);
+      return {X_ + o3, R_ + o3, s_.hw};
+    }
+    const double* p = ring_.get(b, y, [&](double* dst, int64_t fb, int64_t fy) {
+      maker_.fill(fb, fy, dst, dst + 3 * s_.w, s_.w);
+    });
+    return {p, p + 3 * s_.w, s_.w};
+  }
+
+ private:
+  const Shape& s_;
+  const XRMaker<T>& maker_;
+  const double* X_;
+  const double* R_;
+  RowRing<double> ring_;
+};
+
+// Pass 1 of training and the backward: Xk and R into the (B, 3, h, w) buffers X and R, and the
+// per-block moments of the 6 channels [Xk, R] (BN1's batch statistics; the BN1 backward's).
+template <typename T>
+void xr_moments_pass(const Shape& s, const XRMaker<T>& maker, double* X, double* R, double* moments) {
   parallel_blocks(s, [&](int64_t b0, int64_t b1) {
-    std::vector<double> tmp(moments ? 6 * s.w : 0);
+    std::vector<double> tmp(6 * s.w);
     for_rows(s, b0, b1, [&](int64_t blk, int64_t b, int64_t y) {
       const int64_t o3 = row_offset(s, 3, b, y);
-      xr_row<T>(img + b * 3 * s.H * s.W, s.H, s.W, identity, ty.i0[y], ty.i1[y], ty.l0[y], ty.l1[y], tx.i0.data(),
-                tx.i1.data(), tx.l0.data(), tx.l1.data(), F + row_offset(s, s.c, b, y), s.c, p.Wm.data(),
-                p.bm.data(), s.w, s.hw, X + o3, R + o3);
-      if (moments) {
-        const double* rows[6] = {X + o3, X + o3 + s.hw, X + o3 + 2 * s.hw, R + o3, R + o3 + s.hw, R + o3 + 2 * s.hw};
-        row_moments<double>(rows, 6, s.w, tmp.data(), moments + blk * moments_size(6));
-      }
+      maker.fill(b, y, X + o3, R + o3, s.hw);
+      const double* rows[6] = {X + o3, X + o3 + s.hw, X + o3 + 2 * s.hw, R + o3, R + o3 + s.hw, R + o3 + 2 * s.hw};
+      row_moments<double>(rows, 6, s.w, tmp.data(), moments + blk * moments_size(6));
     });
   });
 }
 
 // a1 rows on demand: BN1 folded into conv1 (W1f = s1 W1, b1f = s1 (b1 - mean1) + beta1 with
-// s1 = gamma1 / sqrt(var1 + eps)), from the double X and R rounded to T.
+// s1 = gamma1 / sqrt(var1 + eps)), from the double Xk and R rounded to T.
 template <typename T>
 class A1Rows {
  public:
-  A1Rows(const Shape& s, const HostParams& p, double eps, const double* X, const double* R) : s_(s), X_(X), R_(R) {
+  A1Rows(const Shape& s, const HostParams& p, double eps) : s_(s) {
     W1f_.resize(s.Cm * 6);
     b1f_.resize(s.Cm);
     for (int64_t m = 0; m < s.Cm; ++m) {
@@ -90,36 +146,34 @@ class A1Rows {
     }
   }
 
-  // Writes a1 row (b, y) into dst (Cm x (w + 2)); `in` is a 6 x w scratch row.
-  void fill(T* dst, int64_t b, int64_t y, T* in) const {
-    const int64_t o3 = row_offset(s_, 3, b, y);
+  // Writes the a1 row of the Xk and R row `xr` into dst (Cm x (w + 2)); `in` is a 6 x w scratch row.
+  void fill(T* dst, const XRRow& xr, T* in) const {
     for (int j = 0; j < 3; ++j)
       for (int64_t x = 0; x < s_.w; ++x) {
-        in[j * s_.w + x] = static_cast<T>(X_[o3 + j * s_.hw + x]);
-        in[(3 + j) * s_.w + x] = static_cast<T>(R_[o3 + j * s_.hw + x]);
+        in[j * s_.w + x] = static_cast<T>(xr.X[j * xr.cs + x]);
+        in[(3 + j) * s_.w + x] = static_cast<T>(xr.R[j * xr.cs + x]);
       }
     a1_row<T>(in, W1f_.data(), b1f_.data(), s_.Cm, s_.w, static_cast<T>(kSlope), dst);
   }
 
  private:
   const Shape& s_;
-  const double* X_;
-  const double* R_;
   std::vector<T> W1f_, b1f_;
 };
 
 // z2 = conv3x3(a1) + b2 row by row, for the rows of one thread's range in order: the a1 rows
 // y-1, y, y+1 the stencil reads are kept in a ring (see the design notes), so consecutive rows
-// compute one new a1 row each. One per thread; W2 and b2 are the raw conv2 weights in T.
+// compute one new a1 row each. One per thread, with that thread's XRRows; W2 and b2 are the raw
+// conv2 weights in T.
 template <typename T, int A>
 class Z2Rows {
  public:
-  Z2Rows(const Shape& s, const A1Rows<T>& a1rows, const T* W2, const T* b2)
-      : s_(s), a1rows_(a1rows), W2_(W2), b2_(b2), ring_(s.Cm * s.ld, s.h), z2_(A * s.w), in_(6 * s.w) {}
+  Z2Rows(const Shape& s, const A1Rows<T>& a1rows, XRRows<T>& xr, const T* W2, const T* b2)
+      : s_(s), a1rows_(a1rows), xr_(xr), W2_(W2), b2_(b2), ring_(s.Cm * s.ld, s.h), z2_(A * s.w), in_(6 * s.w) {}
 
   // z2 of row (b, y): A x w, valid until the next call.
   const T* row(int64_t b, int64_t y) {
-    auto fill = [&](T* dst, int64_t fb, int64_t fy) { a1rows_.fill(dst, fb, fy, in_.data()); };
+    auto fill = [&](T* dst, int64_t fb, int64_t fy) { a1rows_.fill(dst, xr_.row(fb, fy), in_.data()); };
     const T* up = ring_.get(b, y - 1, fill);
     const T* mid = ring_.get(b, y, fill);
     const T* down = ring_.get(b, y + 1, fill);
@@ -130,6 +184,7 @@ class Z2Rows {
  private:
   const Shape& s_;
   const A1Rows<T>& a1rows_;
+  XRRows<T>& xr_;
   const T* W2_;
   const T* b2_;
   RowRing<T> ring_;
