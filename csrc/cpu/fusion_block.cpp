@@ -47,9 +47,10 @@
 //    the structural checks shared with the CUDA kernels (csrc/fusion_block_params.h). The forward and the
 //    backward each run as one function per pass over the rows.
 //  * Layout of the code: the per-row building blocks (shapes and row iteration, moments, resize
-//    tables, the row kernels) are in fusion_block_rows.h, the parameters and passes both
-//    directions run (Xk and R, a1 and z2 rows on demand) in fusion_block_passes.h; this file holds
-//    the forward passes, the backward passes and the op entry points.
+//    tables, the row kernels) are in fusion_block_rows.h, the AVX2 kernel of the 3x3 conv row in
+//    fusion_block_conv3x3.h, the parameters and passes both directions run (Xk and R, a1 and z2
+//    rows on demand) in fusion_block_passes.h; this file holds the forward passes, the backward
+//    passes and the op entry points.
 
 #include <ATen/ATen.h>
 #include <torch/library.h>

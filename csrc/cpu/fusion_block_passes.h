@@ -12,9 +12,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../fusion_block_params.h"
+#include "fusion_block_conv3x3.h"
 #include "fusion_block_rows.h"
 
 namespace inpaint_fast {
@@ -177,6 +179,14 @@ class Z2Rows {
     const T* up = ring_.get(b, y - 1, fill);
     const T* mid = ring_.get(b, y, fill);
     const T* down = ring_.get(b, y + 1, fill);
+#if IPF_CONV3X3_X86
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx2_) {
+        conv3x3_row_avx2<A>(up, mid, down, s_.Cm, s_.w, W2_, b2_, z2_.data());
+        return z2_.data();
+      }
+    }
+#endif
     conv3x3_row<T, A>(up, mid, down, s_.Cm, s_.w, W2_, b2_, z2_.data());
     return z2_.data();
   }
@@ -189,6 +199,7 @@ class Z2Rows {
   const T* b2_;
   RowRing<T> ring_;
   std::vector<T> z2_, in_;
+  bool avx2_ = conv3x3_avx2_preferred();  // float rows: conv3x3_row_avx2
 };
 
 // invstd2 = 1 / sqrt(var2 + eps) per BN2 channel, written in place (a Head points at it).

@@ -281,10 +281,11 @@ IPF_MULTIVERSION void a1_row(const T* __restrict in, const T* __restrict W1f, co
   }
 }
 
-// z2 (A x w) = conv3x3(a1 rows y-1, y, y+1) + bias. Loop order: input channel m outside, pixels
-// inside, so the 9 A weights of channel m stay in registers for the whole row and each padded a1
-// row is read once per channel for all A outputs and the three horizontal taps. (Keeping the
-// outputs in registers across m instead costs a weight broadcast per FMA and was slower.)
+// z2 (A x w) = conv3x3(a1 rows y-1, y, y+1) + bias, the generic loop (float64, and float32 where
+// conv3x3_row_avx2 in fusion_block_conv3x3.h is not the default). Loop order: input channel m
+// outside, pixels inside, so the 9 A weights of channel m are loaded once per row (27 at A = 3,
+// more than AVX2's 16 vector registers hold, which is why the AVX2 kernel blocks the other way)
+// and each padded a1 row is read once per channel for all A outputs and the three horizontal taps.
 template <typename T, int A>
 IPF_MULTIVERSION void conv3x3_row(const T* up, const T* mid, const T* down, int64_t Cm, int64_t w,
                                   const T* __restrict W2, const T* __restrict bias, T* __restrict out) {

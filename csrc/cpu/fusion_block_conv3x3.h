@@ -1,0 +1,121 @@
+// Register-blocked float32 kernel for one row of the fusion block's 3x3 convolution
+// (csrc/cpu/fusion_block.cpp): z2 (A x w) = conv3x3(a1 rows y-1, y, y+1) + bias, A in {1, 3}.
+//
+// Why: the generic row kernel (conv3x3_row in fusion_block_rows.h) keeps one input channel's 9 A
+// weights live and its outputs in memory; with 27 weights, 9 input vectors and the outputs it needs
+// more than the 16 ymm registers of AVX2, and on an AVX2 EPYC it ran at about half the core's FMA
+// rate, load-bound (benchmarks/NOTES.md). Here a block of 32 pixels keeps its A outputs in 4 A
+// ymm accumulators across all Cm channels and 9 taps: per channel and tap, A weight broadcasts and
+// 4 input loads feed 4 A FMAs (12 accumulators + 3 weights + 1 input = 16 registers at A = 3).
+//
+// Order of the sums: every output starts from its bias and adds, channel by channel, the taps in
+// row-major order, one FMA each; the 8-pixel blocks and the scalar tail use the same order, so a
+// pixel's result does not depend on where it falls in the row.
+//
+// Instruction set: AVX2 + FMA, checked at run time (conv3x3_avx2_preferred). Like the strip GEMM
+// (csrc/cpu/strip_gemm.h) it is the default only where AVX-512 is absent: there the generic loop
+// runs in zmm registers and this kernel has not been measured.
+//
+// Only fusion_block.cpp includes this header: the names keep internal linkage.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define IPF_CONV3X3_X86 1
+#else
+#define IPF_CONV3X3_X86 0
+#endif
+
+namespace inpaint_fast {
+namespace cpu {
+namespace {
+
+// True where conv3x3_row_avx2 can run: AVX2 and FMA present.
+inline bool conv3x3_avx2_supported() {
+#if IPF_CONV3X3_X86
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return supported;
+#else
+  return false;
+#endif
+}
+
+// True where it runs by default: supported, and no AVX-512 (see the top).
+inline bool conv3x3_avx2_preferred() {
+#if IPF_CONV3X3_X86
+  static const bool preferred = conv3x3_avx2_supported() && !__builtin_cpu_supports("avx512f");
+  return preferred;
+#else
+  return false;
+#endif
+}
+
+#if IPF_CONV3X3_X86
+
+// NV vectors of 8 outputs per channel of z2, pixels [x0, x0 + 8 NV). rows: the three padded a1 rows
+// (Cm x ld, ld = w + 2, column 0 and w + 1 zero), so pixel x's tap dx reads padded column x + dx.
+template <int A, int NV>
+__attribute__((target("avx2,fma"))) inline void conv3x3_block(const float* const* rows, int64_t Cm, int64_t ld,
+                                                              int64_t x0, const float* __restrict W2,
+                                                              const float* __restrict bias, float* __restrict out,
+                                                              int64_t w) {
+  __m256 acc[A][NV];
+#pragma GCC unroll 4
+  for (int a = 0; a < A; ++a)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[a][v] = _mm256_set1_ps(bias[a]);
+  for (int64_t m = 0; m < Cm; ++m)
+#pragma GCC unroll 3
+    for (int dy = 0; dy < 3; ++dy) {
+      const float* r = rows[dy] + m * ld + x0;
+#pragma GCC unroll 3
+      for (int dx = 0; dx < 3; ++dx) {
+        __m256 k[A];
+#pragma GCC unroll 4
+        for (int a = 0; a < A; ++a) k[a] = _mm256_broadcast_ss(W2 + (a * Cm + m) * 9 + dy * 3 + dx);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          const __m256 in = _mm256_loadu_ps(r + dx + 8 * v);
+#pragma GCC unroll 4
+          for (int a = 0; a < A; ++a) acc[a][v] = _mm256_fmadd_ps(k[a], in, acc[a][v]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+  for (int a = 0; a < A; ++a)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + a * w + x0 + 8 * v, acc[a][v]);
+}
+
+// z2 (A x w, row stride w) of one row; up, mid, down: the padded a1 rows y-1, y, y+1; W2 (A, Cm, 3, 3).
+template <int A>
+__attribute__((target("avx2,fma"))) void conv3x3_row_avx2(const float* up, const float* mid, const float* down,
+                                                          int64_t Cm, int64_t w, const float* __restrict W2,
+                                                          const float* __restrict bias, float* __restrict out) {
+  const int64_t ld = w + 2;
+  const float* rows[3] = {up, mid, down};
+  int64_t x0 = 0;
+  for (; x0 + 32 <= w; x0 += 32) conv3x3_block<A, 4>(rows, Cm, ld, x0, W2, bias, out, w);
+  for (; x0 + 8 <= w; x0 += 8) conv3x3_block<A, 1>(rows, Cm, ld, x0, W2, bias, out, w);
+  for (; x0 < w; ++x0)
+    for (int a = 0; a < A; ++a) {
+      __m128 acc = _mm_set_ss(bias[a]);
+      for (int64_t m = 0; m < Cm; ++m)
+        for (int dy = 0; dy < 3; ++dy)
+          for (int dx = 0; dx < 3; ++dx)
+            acc = _mm_fmadd_ss(_mm_set_ss(W2[(a * Cm + m) * 9 + dy * 3 + dx]), _mm_set_ss(rows[dy][m * ld + x0 + dx]),
+                               acc);
+      out[a * w + x0] = _mm_cvtss_f32(acc);
+    }
+}
+
+#endif  // IPF_CONV3X3_X86
+
+}  // namespace
+}  // namespace cpu
+}  // namespace inpaint_fast

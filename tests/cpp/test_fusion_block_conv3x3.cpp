@@ -1,0 +1,84 @@
+// C++ test of the fusion block's register-blocked 3x3 conv row (csrc/cpu/fusion_block_conv3x3.h)
+// against a double reference: row widths below, at and above the 8- and 32-pixel blocks (so the
+// scalar tail, the 8-pixel blocks and the 32-pixel blocks each run alone and together), one and
+// several input channels, A = 1 and 3. Every output must be within the rounding bound of its
+// sum, and nothing outside the A x w output may be written. Runs wherever the kernel can (AVX2 +
+// FMA, AVX-512 CPUs included, where it is not the default); exits 77 (ctest: skipped) on CPUs
+// without AVX2 + FMA, non-zero on failure.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "../../csrc/cpu/fusion_block_conv3x3.h"
+
+namespace {
+
+using namespace inpaint_fast::cpu;
+
+int failures = 0;
+
+template <int A>
+void check(int64_t Cm, int64_t w, std::mt19937& rng) {
+  std::normal_distribution<float> normal;
+  const int64_t ld = w + 2;
+  // Three padded a1 rows (Cm x ld each, the zero columns 0 and w + 1 are the conv's padding).
+  std::vector<float> rows[3];
+  for (auto& r : rows) {
+    r.assign(Cm * ld, 0.0f);
+    for (int64_t m = 0; m < Cm; ++m)
+      for (int64_t x = 1; x <= w; ++x) r[m * ld + x] = normal(rng);
+  }
+  std::vector<float> W2(A * Cm * 9), bias(A);
+  for (float& v : W2) v = normal(rng);
+  for (float& v : bias) v = normal(rng);
+
+  const float sentinel = 12345.0f;
+  const int64_t guard = 16;
+  std::vector<float> out(A * w + 2 * guard, sentinel);
+  conv3x3_row_avx2<A>(rows[0].data(), rows[1].data(), rows[2].data(), Cm, w, W2.data(), bias.data(),
+                      out.data() + guard);
+
+  // A float sum of n = 9 Cm products and the bias, one FMA per product: |error| <= (n + 1) 2^-24
+  // times the sum of the magnitudes of its terms. A wrong tap or a missing term is far above it.
+  const double unit = std::ldexp(1.0, -24);
+  double worst = 0;
+  for (int a = 0; a < A; ++a)
+    for (int64_t x = 0; x < w; ++x) {
+      double want = bias[a], magnitude = std::fabs(bias[a]);
+      for (int64_t m = 0; m < Cm; ++m)
+        for (int dy = 0; dy < 3; ++dy)
+          for (int dx = 0; dx < 3; ++dx) {
+            const double t = static_cast<double>(W2[(a * Cm + m) * 9 + dy * 3 + dx]) * rows[dy][m * ld + x + dx];
+            want += t;
+            magnitude += std::fabs(t);
+          }
+      const double bound = (9 * Cm + 1) * unit * magnitude + 1e-30;
+      worst = std::max(worst, std::fabs(out[guard + a * w + x] - want) / bound);
+    }
+  int64_t stray = 0;
+  for (int64_t i = 0; i < guard; ++i) stray += (out[i] != sentinel) + (out[guard + A * w + i] != sentinel);
+  const bool ok = worst <= 1.0 && stray == 0;
+  failures += !ok;
+  std::printf("%s A=%d Cm=%lld w=%lld: error / bound %.3g, %lld elements written outside the output\n",
+              ok ? "ok  " : "FAIL", A, static_cast<long long>(Cm), static_cast<long long>(w), worst,
+              static_cast<long long>(stray));
+}
+
+}  // namespace
+
+int main() {
+  if (!conv3x3_avx2_supported()) {
+    std::printf("skipped: this CPU has no AVX2 + FMA, the kernel cannot run (conv3x3_avx2_supported() is false)\n");
+    return 77;
+  }
+  std::mt19937 rng(0);
+  for (int64_t Cm : {1, 5, 32})
+    for (int64_t w : {1, 7, 8, 9, 31, 32, 33, 40, 71, 256}) {
+      check<1>(Cm, w, rng);
+      check<3>(Cm, w, rng);
+    }
+  return failures == 0 ? 0 : 1;
+}
