@@ -12,50 +12,21 @@
 // row-major order, one FMA each; the 8-pixel blocks and the scalar tail use the same order, so a
 // pixel's result does not depend on where it falls in the row.
 //
-// Instruction set: AVX2 + FMA, checked at run time (conv3x3_avx2_preferred). Like the strip GEMM
-// (csrc/cpu/strip_gemm.h) it is the default only where AVX-512 is absent: there the generic loop
-// runs in zmm registers and this kernel has not been measured.
+// Instruction set: AVX2 + FMA; it runs by default where avx2_kernels_preferred() (csrc/cpu/avx2_kernels.h:
+// AVX2 CPUs without AVX-512), as the strip GEMM does.
 //
-// Only fusion_block.cpp includes this header: the names keep internal linkage.
+// Only fusion_block.cpp (and its C++ test) includes this header: the names keep internal linkage.
 #pragma once
 
 #include <cstdint>
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define IPF_CONV3X3_X86 1
-#else
-#define IPF_CONV3X3_X86 0
-#endif
+#include "avx2_kernels.h"
 
 namespace inpaint_fast {
 namespace cpu {
 namespace {
 
-// True where conv3x3_row_avx2 can run: AVX2 and FMA present.
-inline bool conv3x3_avx2_supported() {
-#if IPF_CONV3X3_X86
-  static const bool supported = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return supported;
-#else
-  return false;
-#endif
-}
-
-// True where it runs by default: supported, and no AVX-512 (see the top).
-inline bool conv3x3_avx2_preferred() {
-#if IPF_CONV3X3_X86
-  static const bool preferred = conv3x3_avx2_supported() && !__builtin_cpu_supports("avx512f");
-  return preferred;
-#else
-  return false;
-#endif
-}
-
-#if IPF_CONV3X3_X86
+#if IPF_AVX2_KERNELS
 
 // NV vectors of 8 outputs per channel of z2, pixels [x0, x0 + 8 NV). rows: the three padded a1 rows
 // (Cm x ld, ld = w + 2, column 0 and w + 1 zero), so pixel x's tap dx reads padded column x + dx.
@@ -114,7 +85,7 @@ __attribute__((target("avx2,fma"))) void conv3x3_row_avx2(const float* up, const
     }
 }
 
-#endif  // IPF_CONV3X3_X86
+#endif  // IPF_AVX2_KERNELS
 
 }  // namespace
 }  // namespace cpu

@@ -166,18 +166,18 @@ void strip_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const a
 
 // Whether this call's float products run on strip_gemm. INPAINT_FAST_CPU_GEMM, read at every call
 // (a comparison switch, like INPAINT_FAST_CUDA_SIMT): unset or "auto" for the default
-// (strip_gemm_preferred: AVX2 CPUs without AVX-512), "blas" for BLAS everywhere, "strip" for
+// (avx2_kernels_preferred: AVX2 CPUs without AVX-512), "blas" for BLAS everywhere, "strip" for
 // strip_gemm wherever it can run.
 bool use_strip_gemm(const char* op, at::ScalarType acc) {
   const char* env = std::getenv("INPAINT_FAST_CPU_GEMM");
   const std::string choice = env ? env : "";
   bool want;
   if (choice.empty() || choice == "auto") {
-    want = strip_gemm_preferred();
+    want = avx2_kernels_preferred();
   } else if (choice == "blas") {
     want = false;
   } else if (choice == "strip") {
-    TORCH_CHECK(strip_gemm_supported(), op, ": INPAINT_FAST_CPU_GEMM=strip needs a CPU with AVX2 and FMA; ",
+    TORCH_CHECK(avx2_kernels_supported(), op, ": INPAINT_FAST_CPU_GEMM=strip needs a CPU with AVX2 and FMA; ",
                 "this one has neither or only one (use auto or blas)");
     want = true;
   } else {

@@ -16,8 +16,8 @@
 // the rounding error of a long k (the forward's 4096 keys) at BLAS's level: accumulating straight
 // into C gave 7x the error of MKL's result at k = 4096, measured.
 //
-// Instruction set: AVX2 + FMA, checked at run time (strip_gemm_supported). By default the caller
-// uses it only where AVX-512 is absent (strip_gemm_preferred): against MKL's zmm kernels a ymm
+// Instruction set: AVX2 + FMA, checked at run time (avx2_kernels_supported). By default the caller
+// uses it only where AVX-512 is absent (avx2_kernels_preferred): against MKL's zmm kernels a ymm
 // kernel would run at half width, and it has not been measured on such a CPU.
 //
 // Only short_long_attention.cpp includes this header: the names keep internal linkage.
@@ -29,12 +29,7 @@
 #include <cstring>
 #include <utility>
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define IPF_STRIP_GEMM_X86 1
-#else
-#define IPF_STRIP_GEMM_X86 0
-#endif
+#include "avx2_kernels.h"
 
 namespace inpaint_fast {
 namespace cpu {
@@ -43,29 +38,6 @@ namespace {
 constexpr int kStripGemmMr = 6;
 constexpr int kStripGemmNr = 16;
 constexpr int64_t kStripGemmKc = 256;
-
-// True where the kernel can run: AVX2 and FMA present.
-inline bool strip_gemm_supported() {
-#if IPF_STRIP_GEMM_X86
-  static const bool supported = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return supported;
-#else
-  return false;
-#endif
-}
-
-// True where the kernel is the default for the strip products: supported, and no AVX-512 (see the top).
-inline bool strip_gemm_preferred() {
-#if IPF_STRIP_GEMM_X86
-  static const bool preferred = strip_gemm_supported() && !__builtin_cpu_supports("avx512f");
-  return preferred;
-#else
-  return false;
-#endif
-}
 
 // Floats of the packed form of a k x n matrix.
 inline int64_t strip_gemm_packed_size(int64_t k, int64_t n) {
@@ -86,7 +58,7 @@ inline void strip_gemm_pack_b(const float* b, int64_t ldb, int64_t k, int64_t n,
   }
 }
 
-#if IPF_STRIP_GEMM_X86
+#if IPF_AVX2_KERNELS
 
 // One micro-tile: c (MR x 16, stride ldc) = [c +] a (MR x kc, stride lda) . b (kc x 16, packed).
 // Not inlined (one call per kc * MR * 16 multiply-adds costs nothing), so that the driver below is
@@ -135,15 +107,15 @@ constexpr std::array<StripTile, sizeof...(R)> strip_tiles(std::integer_sequence<
 }
 constexpr std::array<StripTile, kStripGemmMr> kStripTiles = strip_tiles(std::make_integer_sequence<int, kStripGemmMr>{});
 
-#endif  // IPF_STRIP_GEMM_X86
+#endif  // IPF_AVX2_KERNELS
 
 // C (m x n, rows at stride ldc) = A (m x k, rows at stride lda) . B, where `packed` is B packed by
 // strip_gemm_pack_b. Tiles at the edges of C (the last rows, the last panel's columns) run the
 // kernel of their row count, the column edge into a local buffer of full panel width, so nothing
-// outside A's m x k block or C's m x n block is read or written. Requires strip_gemm_supported().
+// outside A's m x k block or C's m x n block is read or written. Requires avx2_kernels_supported().
 inline void strip_gemm(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed, int64_t n, float* c,
                        int64_t ldc) {
-#if IPF_STRIP_GEMM_X86
+#if IPF_AVX2_KERNELS
   constexpr int64_t MR = kStripGemmMr, NR = kStripGemmNr;
   if (k == 0) {
     for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);

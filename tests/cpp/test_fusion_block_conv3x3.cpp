@@ -70,8 +70,8 @@ void check(int64_t Cm, int64_t w, std::mt19937& rng) {
 }  // namespace
 
 int main() {
-  if (!conv3x3_avx2_supported()) {
-    std::printf("skipped: this CPU has no AVX2 + FMA, the kernel cannot run (conv3x3_avx2_supported() is false)\n");
+  if (!avx2_kernels_supported()) {
+    std::printf("skipped: this CPU has no AVX2 + FMA, the kernel cannot run (avx2_kernels_supported() is false)\n");
     return 77;
   }
   std::mt19937 rng(0);

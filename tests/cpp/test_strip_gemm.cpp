@@ -66,8 +66,8 @@ void check(int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc, std::mt199
 }  // namespace
 
 int main() {
-  if (!strip_gemm_supported()) {
-    std::printf("skipped: this CPU has no AVX2 + FMA, the kernel cannot run (strip_gemm_supported() is false)\n");
+  if (!avx2_kernels_supported()) {
+    std::printf("skipped: this CPU has no AVX2 + FMA, the kernel cannot run (avx2_kernels_supported() is false)\n");
     return 77;
   }
   std::mt19937 rng(0);
