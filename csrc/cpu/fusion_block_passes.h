@@ -1,9 +1,8 @@
 // What both directions of the CPU fusion block run, internal to it (csrc/cpu/fusion_block.cpp):
 // the parameters as double host vectors (HostParams), Xk and R rows (computed on demand or read
-// from buffers, and pass 1: the buffers and the moments of [Xk, R]), a1 and z2 rows recomputed on
-// demand, and BN2's invstd. The backward recomputes all
-// of these from its inputs instead of receiving them from the forward, so both directions run
-// the same code for them.
+// from buffers; pass 1 fills the buffers and the moments of [Xk, R]), a1 and z2 rows recomputed
+// on demand, and BN2's invstd. The backward recomputes all of these from its inputs instead of
+// receiving them from the forward, so both directions run the same code for them.
 //
 // Only fusion_block.cpp includes this header; anonymous namespace as in fusion_block_rows.h.
 #pragma once
