@@ -59,6 +59,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../dtypes.h"
@@ -297,6 +298,7 @@ std::vector<double> backward_conv_pass(const Shape& s, const HostParams& p, cons
   std::vector<double> conv_blocks(s.num_blocks * k_conv, 0.0);
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
     XRRows<T> xr(s, maker, io.X, io.R);
+    const bool avx2 = avx2_kernels_preferred();  // float: g1 from conv3x3_bwd_input_avx2
     RowRing<T> aring(Cm * s.ld, s.h), dring(A * s.ld, s.h);
     std::vector<T> in(6 * s.w), inc(6 * s.w), g(Cm * s.w), u(6 * s.w);
     auto fill_a = [&](T* dst, int64_t b, int64_t y) { a1rows.fill(dst, xr.row(b, y), in.data()); };
@@ -325,8 +327,17 @@ std::vector<double> backward_conv_pass(const Shape& s, const HostParams& p, cons
           inc[j * s.w + x] = static_cast<T>(xy.X[j * xy.cs + x] - mu[j]);
           inc[(3 + j) * s.w + x] = static_cast<T>(xy.R[j * xy.cs + x] - mu[3 + j]);
         }
+      bool g_given = false;
+#if IPF_AVX2_KERNELS
+      if constexpr (std::is_same<T, float>::value) {
+        if (avx2) {
+          conv3x3_bwd_input_avx2<A>(d_up, d_mid, d_down, a_mid, W2.data(), slope, Cm, s.w, g.data());
+          g_given = true;
+        }
+      }
+#endif
       conv_bwd_row<T, A>(a_up, a_mid, a_down, d_up, d_mid, d_down, inc.data(), W2.data(), W1D.data(), slope, Cm, s.w,
-                         g.data(), u.data(), conv_blocks.data() + blk * k_conv);
+                         g.data(), g_given, u.data(), conv_blocks.data() + blk * k_conv);
       for (int j = 0; j < 3; ++j) {
         double* gx = io.gX + o3 + j * s.hw;
         double* dr = io.dRd + o3 + j * s.hw;

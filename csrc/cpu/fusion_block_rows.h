@@ -432,14 +432,15 @@ IPF_MULTIVERSION void head_bwd_row(const T* __restrict z2, const double* __restr
 //   dW2[a][m][dy][dx] += sum_x dz2[a][y][x] a1[m][y+dy-1][x+dx-1]
 //   da1[m][y][x] = sum_{a,dy,dx} W2[a][m][dy][dx] dz2[a][y+1-dy][x+1-dx],  g1 = da1 lrelu'(a1)
 // and, for the folded BN1 backward, S1[m] += sum g1, P[m][j] += sum g1 inc_j (inc = in - mu, 6 x w)
-// and u[j][x] = sum_m W1D[m][j] g1[m][x] (W1D = W1 scaled by gamma1 invstd1). g: Cm x w scratch.
+// and u[j][x] = sum_m W1D[m][j] g1[m][x] (W1D = W1 scaled by gamma1 invstd1). g: Cm x w scratch,
+// holding g1 on entry if g_given.
 // Row sums use T lanes; the row totals are added to acc in double.
 // acc layout: dW2[A*Cm*9], S1[Cm], P[Cm*6].
 template <typename T, int A>
 IPF_MULTIVERSION void conv_bwd_row(const T* a_up, const T* a_mid, const T* a_down, const T* d_up, const T* d_mid,
                                    const T* d_down, const T* __restrict inc, const T* __restrict W2,
                                    const T* __restrict W1D, T slope, int64_t Cm, int64_t w, T* __restrict g,
-                                   T* __restrict u, double* __restrict acc) {
+                                   bool g_given, T* __restrict u, double* __restrict acc) {
   const int64_t ld = w + 2;
   double* acc_w2 = acc;
   double* acc_s1 = acc + A * Cm * 9;
@@ -447,22 +448,25 @@ IPF_MULTIVERSION void conv_bwd_row(const T* a_up, const T* a_mid, const T* a_dow
   const T* arow[3] = {a_up, a_mid, a_down};
   for (int64_t m = 0; m < Cm; ++m) {
     T* __restrict gm = g + m * w;
-    // da1 (transposed conv): tap (dy, dx) of output a reads dz2 row y+1-dy, column x+1-dx.
-    T k[A][9];
-    for (int a = 0; a < A; ++a)
-      for (int t = 0; t < 9; ++t) k[a][t] = W2[(a * Cm + m) * 9 + t];
-    const T* __restrict ac = a_mid + m * ld + 1;
-    IPF_IVDEP
-    for (int64_t x = 0; x < w; ++x) {
-      T s = 0;
-      for (int a = 0; a < A; ++a) {
-        const T* q0 = d_down + a * ld;
-        const T* q1 = d_mid + a * ld;
-        const T* q2 = d_up + a * ld;
-        s += k[a][0] * q0[x + 2] + k[a][1] * q0[x + 1] + k[a][2] * q0[x] + k[a][3] * q1[x + 2] +
-             k[a][4] * q1[x + 1] + k[a][5] * q1[x] + k[a][6] * q2[x + 2] + k[a][7] * q2[x + 1] + k[a][8] * q2[x];
+    // da1 (transposed conv): tap (dy, dx) of output a reads dz2 row y+1-dy, column x+1-dx; skipped
+    // when the caller computed g already (conv3x3_bwd_input_avx2).
+    if (!g_given) {
+      T k[A][9];
+      for (int a = 0; a < A; ++a)
+        for (int t = 0; t < 9; ++t) k[a][t] = W2[(a * Cm + m) * 9 + t];
+      const T* __restrict ac = a_mid + m * ld + 1;
+      IPF_IVDEP
+      for (int64_t x = 0; x < w; ++x) {
+        T s = 0;
+        for (int a = 0; a < A; ++a) {
+          const T* q0 = d_down + a * ld;
+          const T* q1 = d_mid + a * ld;
+          const T* q2 = d_up + a * ld;
+          s += k[a][0] * q0[x + 2] + k[a][1] * q0[x + 1] + k[a][2] * q0[x] + k[a][3] * q1[x + 2] +
+               k[a][4] * q1[x + 1] + k[a][5] * q1[x] + k[a][6] * q2[x + 2] + k[a][7] * q2[x + 1] + k[a][8] * q2[x];
+        }
+        gm[x] = ac[x] > T(0) ? s : s * slope;
       }
-      gm[x] = ac[x] > T(0) ? s : s * slope;
     }
     // dW2: A * 3 dot products per a1 row.
     for (int dy = 0; dy < 3; ++dy) {
