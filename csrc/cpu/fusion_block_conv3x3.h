@@ -30,8 +30,36 @@ namespace {
 
 #if IPF_AVX2_KERNELS
 
+// The loop both directions share, MB x NV accumulators of 8 pixels, pixels [x0, x0 + 8 NV):
+//   acc[i][v] += sum_{j < J} sum_{dy, dx} W[i wi + j wj + 3 dy + dx] rows[dy][j ld + x0 + 8 v + col(dx)]
+// in the order j, dy, dx, one FMA each, with col(dx) = dx for the conv and 2 - dx for the
+// transposed conv. Per j and tap: MB weight broadcasts and NV input loads feed MB NV FMAs.
+template <int MB, int NV, bool kTransposed>
+__attribute__((target("avx2,fma"))) inline void accumulate_taps(__m256 (&acc)[MB][NV], const float* const* rows,
+                                                                int64_t J, int64_t ld, int64_t x0,
+                                                                const float* __restrict W, int64_t wi, int64_t wj) {
+  for (int64_t j = 0; j < J; ++j)
+#pragma GCC unroll 3
+    for (int dy = 0; dy < 3; ++dy) {
+      const float* r = rows[dy] + j * ld + x0;
+#pragma GCC unroll 3
+      for (int dx = 0; dx < 3; ++dx) {
+        __m256 k[MB];
+#pragma GCC unroll 4
+        for (int i = 0; i < MB; ++i) k[i] = _mm256_broadcast_ss(W + i * wi + j * wj + dy * 3 + dx);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          const __m256 in = _mm256_loadu_ps(r + (kTransposed ? 2 - dx : dx) + 8 * v);
+#pragma GCC unroll 4
+          for (int i = 0; i < MB; ++i) acc[i][v] = _mm256_fmadd_ps(k[i], in, acc[i][v]);
+        }
+      }
+    }
+}
+
 // NV vectors of 8 outputs per channel of z2, pixels [x0, x0 + 8 NV). rows: the three padded a1 rows
 // (Cm x ld, ld = w + 2, column 0 and w + 1 zero), so pixel x's tap dx reads padded column x + dx.
+// Blocked over the A outputs: W2[a][m] is W2 + 9 (a Cm + m).
 template <int A, int NV>
 __attribute__((target("avx2,fma"))) inline void conv3x3_block(const float* const* rows, int64_t Cm, int64_t ld,
                                                               int64_t x0, const float* __restrict W2,
@@ -42,23 +70,7 @@ __attribute__((target("avx2,fma"))) inline void conv3x3_block(const float* const
   for (int a = 0; a < A; ++a)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[a][v] = _mm256_set1_ps(bias[a]);
-  for (int64_t m = 0; m < Cm; ++m)
-#pragma GCC unroll 3
-    for (int dy = 0; dy < 3; ++dy) {
-      const float* r = rows[dy] + m * ld + x0;
-#pragma GCC unroll 3
-      for (int dx = 0; dx < 3; ++dx) {
-        __m256 k[A];
-#pragma GCC unroll 4
-        for (int a = 0; a < A; ++a) k[a] = _mm256_broadcast_ss(W2 + (a * Cm + m) * 9 + dy * 3 + dx);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) {
-          const __m256 in = _mm256_loadu_ps(r + dx + 8 * v);
-#pragma GCC unroll 4
-          for (int a = 0; a < A; ++a) acc[a][v] = _mm256_fmadd_ps(k[a], in, acc[a][v]);
-        }
-      }
-    }
+  accumulate_taps<A, NV, false>(acc, rows, Cm, ld, x0, W2, Cm * 9, 9);
 #pragma GCC unroll 4
   for (int a = 0; a < A; ++a)
 #pragma GCC unroll 4
@@ -90,9 +102,8 @@ __attribute__((target("avx2,fma"))) void conv3x3_row_avx2(const float* up, const
 // The backward's input gradient of the same conv for one row, with lrelu1's derivative:
 //   g[m][x] = lrelu'(a1[m][y][x]) * sum_{a, dy, dx} W2[a][m][dy][dx] dz2[a][y+1-dy][x+1-dx]
 // (the transposed conv; conv_bwd_row in fusion_block_rows.h computes the same in its generic loop).
-// MB channels m x NV vectors of 8 pixels in accumulators, pixels [x0, x0 + 8 NV): per output
-// channel a and tap, NV input loads and MB weight broadcasts feed MB NV FMAs. drows: the padded dz2
-// rows y+1, y, y-1 (A x ld each), i.e. indexed by dy; tap dx reads padded column x + 2 - dx.
+// MB channels m x NV vectors of 8 pixels in accumulators, pixels [x0, x0 + 8 NV). drows: the padded
+// dz2 rows y+1, y, y-1 (A x ld each), i.e. indexed by dy; tap dx reads padded column x + 2 - dx.
 template <int A, int MB, int NV>
 __attribute__((target("avx2,fma"))) inline void conv3x3_bwd_block(const float* const* drows, const float* a_mid,
                                                                   const float* __restrict W2, float slope, int64_t Cm,
@@ -103,23 +114,8 @@ __attribute__((target("avx2,fma"))) inline void conv3x3_bwd_block(const float* c
   for (int i = 0; i < MB; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_setzero_ps();
-  for (int a = 0; a < A; ++a)
-#pragma GCC unroll 3
-    for (int dy = 0; dy < 3; ++dy) {
-      const float* q = drows[dy] + a * ld + x0;
-#pragma GCC unroll 3
-      for (int dx = 0; dx < 3; ++dx) {
-        __m256 k[MB];
-#pragma GCC unroll 4
-        for (int i = 0; i < MB; ++i) k[i] = _mm256_broadcast_ss(W2 + (a * Cm + m0 + i) * 9 + dy * 3 + dx);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) {
-          const __m256 in = _mm256_loadu_ps(q + 2 - dx + 8 * v);
-#pragma GCC unroll 4
-          for (int i = 0; i < MB; ++i) acc[i][v] = _mm256_fmadd_ps(k[i], in, acc[i][v]);
-        }
-      }
-    }
+  // Blocked over the channels m0 .. m0 + MB - 1 of a1, summed over the A channels of dz2.
+  accumulate_taps<MB, NV, true>(acc, drows, A, ld, x0, W2 + m0 * 9, 9, Cm * 9);
   const __m256 zero = _mm256_setzero_ps(), vslope = _mm256_set1_ps(slope);
 #pragma GCC unroll 4
   for (int i = 0; i < MB; ++i)

@@ -20,6 +20,19 @@ using namespace inpaint_fast::cpu;
 
 int failures = 0;
 
+// Counts a case as failed if an element exceeded its bound (worst > 1) or one of the `guard`
+// sentinels before or after the n elements the kernel writes was overwritten, and prints it.
+void report(const char* which, int A, int64_t Cm, int64_t w, double worst, const std::vector<float>& buf,
+            int64_t guard, int64_t n, float sentinel) {
+  int64_t stray = 0;
+  for (int64_t i = 0; i < guard; ++i) stray += (buf[i] != sentinel) + (buf[guard + n + i] != sentinel);
+  const bool ok = worst <= 1.0 && stray == 0;
+  failures += !ok;
+  std::printf("%s %s A=%d Cm=%lld w=%lld: error / bound %.3g, %lld elements written outside the result\n",
+              ok ? "ok  " : "FAIL", which, A, static_cast<long long>(Cm), static_cast<long long>(w), worst,
+              static_cast<long long>(stray));
+}
+
 template <int A>
 void check(int64_t Cm, int64_t w, std::mt19937& rng) {
   std::normal_distribution<float> normal;
@@ -58,13 +71,7 @@ void check(int64_t Cm, int64_t w, std::mt19937& rng) {
       const double bound = (9 * Cm + 1) * unit * magnitude + 1e-30;
       worst = std::max(worst, std::fabs(out[guard + a * w + x] - want) / bound);
     }
-  int64_t stray = 0;
-  for (int64_t i = 0; i < guard; ++i) stray += (out[i] != sentinel) + (out[guard + A * w + i] != sentinel);
-  const bool ok = worst <= 1.0 && stray == 0;
-  failures += !ok;
-  std::printf("%s A=%d Cm=%lld w=%lld: error / bound %.3g, %lld elements written outside the output\n",
-              ok ? "ok  " : "FAIL", A, static_cast<long long>(Cm), static_cast<long long>(w), worst,
-              static_cast<long long>(stray));
+  report("fwd", A, Cm, w, worst, out, guard, A * w, sentinel);
 }
 
 // The backward's input gradient, conv3x3_bwd_input_avx2: g[m][x] = lrelu'(a1[m][x]) *
@@ -111,13 +118,7 @@ void check_bwd(int64_t Cm, int64_t w, std::mt19937& rng) {
       const double bound = (9 * A + 2) * unit * magnitude * scale + 1e-30;
       worst = std::max(worst, std::fabs(g[guard + m * w + x] - want * scale) / bound);
     }
-  int64_t stray = 0;
-  for (int64_t i = 0; i < guard; ++i) stray += (g[i] != sentinel) + (g[guard + Cm * w + i] != sentinel);
-  const bool ok = worst <= 1.0 && stray == 0;
-  failures += !ok;
-  std::printf("%s bwd A=%d Cm=%lld w=%lld: error / bound %.3g, %lld elements written outside the gradient\n",
-              ok ? "ok  " : "FAIL", A, static_cast<long long>(Cm), static_cast<long long>(w), worst,
-              static_cast<long long>(stray));
+  report("bwd", A, Cm, w, worst, g, guard, Cm * w, sentinel);
 }
 
 }  // namespace
