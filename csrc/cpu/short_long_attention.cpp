@@ -152,15 +152,40 @@ at::Tensor pack_for_strip_mm(const at::Tensor& b_op) {
   return packed;
 }
 
+// The forward's values V^T = [x; pre]^T (N x (C + Cp)) in strip_gemm's packed form (B, packed size),
+// packed straight from the channel-major (B, C, N) and (B, Cp, N) inputs (pf undefined without pre):
+// a channel is a column of V^T. One task per (image, panel), so one image packs on all threads.
+at::Tensor pack_values_for_strip_mm(const at::Tensor& xf, const at::Tensor& pf) {
+  const int64_t B = xf.size(0), C = xf.size(1), N = xf.size(2);
+  const int64_t Ctot = C + (pf.defined() ? pf.size(1) : 0);
+  TORCH_INTERNAL_ASSERT(xf.scalar_type() == at::kFloat && xf.is_contiguous() && (!pf.defined() || pf.is_contiguous()));
+  const int64_t size = strip_gemm_packed_size(N, Ctot);
+  const int64_t panels = (Ctot + kStripGemmNr - 1) / kStripGemmNr;
+  at::Tensor packed = at::empty({B, size}, xf.options());
+  const float* x0 = xf.data_ptr<float>();
+  const float* p0 = pf.defined() ? pf.data_ptr<float>() : nullptr;
+  float* dst = packed.data_ptr<float>();
+  at::parallel_for(0, B * panels, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / panels;
+      const auto column = [&](int64_t j) {
+        return j < C ? x0 + (b * C + j) * N : p0 + (b * (Ctot - C) + j - C) * N;
+      };
+      strip_gemm_pack_b_panel_from_columns(column, N, Ctot, t % panels, dst + b * size);
+    }
+  });
+  return packed;
+}
+
 // out = a @ b for a product of a strip (unit column strides): on strip_gemm against b's packed form
-// when one is given (float), else on BLAS.
+// when one is given (float; b itself is then not read and may be undefined), else on BLAS.
 void strip_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& b_packed) {
   if (!b_packed.defined()) {
     at::mm_out(out, a, b);
     return;
   }
   TORCH_INTERNAL_ASSERT((a.stride(1) == 1 || a.size(1) == 1) && (out.stride(1) == 1 || out.size(1) == 1));
-  strip_gemm(a.data_ptr<float>(), a.stride(0), a.size(0), a.size(1), b_packed.data_ptr<float>(), b.size(1),
+  strip_gemm(a.data_ptr<float>(), a.stride(0), a.size(0), a.size(1), b_packed.data_ptr<float>(), out.size(1),
              out.data_ptr<float>(), out.stride(0));
 }
 
@@ -209,11 +234,16 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
   // q serves as query and key: the score GEMM of a strip is Qt[rows] (rows x Cq) @ Q (Cq x N).
   const at::Tensor Q = flat_padded(q, opts);  // (B, Cq, N)
   const at::Tensor Qt = flat_t(q, acc);        // (B, N, Cq)
-  // Both value streams see the same P, so one GEMM against [x; pre] reads each strip of P once;
-  // position-major, its result for a strip is a contiguous block of rows of Ot.
-  const at::Tensor Vt = g.has_pre ? cat_t(x, *pre, acc) : flat_t(x, acc);  // (B, N, Ctot)
+  // The inputs the gated outputs read, channel-major (B, ch, N).
+  const at::Tensor xf = flat(x, acc);
+  const at::Tensor pf = g.has_pre ? flat(*pre, acc) : at::Tensor();
+  const at::Tensor mf = g.has_pre ? flat(*mask, acc) : at::Tensor();  // (B, 1, N)
+  const double gam = gamma.item<double>();
+  const double alp = g.has_pre ? alpha->item<double>() : 0.0;
 
-  at::Tensor Ot = at::empty({B, N, Ctot}, opts);  // [sa; ca], position-major
+  // The outputs, written strip by strip (gated_outputs_strip) in the compute dtype.
+  at::Tensor y = at::empty({B, C, H, W}, opts), sa = at::empty({B, C, H, W}, opts);
+  at::Tensor cf = at::empty({B, Cp, H, W}, opts), ca = at::empty({B, Cp, H, W}, opts);
   at::Tensor lse = at::empty({B, N}, opts);
 
   if (N > 0 && B > 0) {
@@ -221,14 +251,19 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
     const int64_t nblk = (N + BM - 1) / BM;
     const int64_t items = B * nblk;
     const int64_t nchunks = std::min<int64_t>(at::get_num_threads(), items);
-    // Per-chunk scratch, allocated once: the score strip and the row statistics.
+    // Per-chunk scratch, allocated once: the score strip, its [sa; ca] rows (position-major, the
+    // form the P.V product writes) and the row statistics.
     at::Tensor strip = padded_rows(nchunks, BM, N, opts);
+    at::Tensor strip_out = padded_rows(nchunks, BM, Ctot, opts);
     at::Tensor row_stats = at::empty({nchunks, 2, BM}, opts);
 
-    // Both products of a strip have a right-hand operand shared by all strips of the image (the
-    // keys, the values): on strip_gemm (see the top), packed once per image.
+    // Both value streams see the same P, so one product against V = [x; pre] reads each strip of
+    // P once. Both products of a strip have a right-hand operand shared by all strips of the image
+    // (the keys, the values): on strip_gemm (see the top), packed once per image, the values
+    // straight from the channel-major inputs; BLAS reads the values as one position-major copy.
     const at::Tensor Qpacked = own_gemm ? pack_for_strip_mm(Q) : at::Tensor();
-    const at::Tensor Vpacked = own_gemm ? pack_for_strip_mm(Vt) : at::Tensor();
+    const at::Tensor Vpacked = own_gemm ? pack_values_for_strip_mm(xf, pf) : at::Tensor();
+    const at::Tensor Vt = own_gemm ? at::Tensor() : g.has_pre ? cat_t(x, *pre, acc) : flat_t(x, acc);  // (B, N, Ctot)
 
     // One chunk per thread with a fixed item range, so the work split (and every result bit)
     // does not depend on how the backend schedules chunks onto threads. Strips are independent
@@ -255,10 +290,18 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
             // Exact max-subtracted softmax in one pass after the max, left unnormalised: dividing
             // the (rows x Ctot) output by the row sums is cheaper than dividing the strip.
             softmax_strip<scalar_t>(s.data_ptr<scalar_t>(), rows, N, s.stride(0), sc, mx, l);
-            // [sa; ca] for the strip's positions: (rows x N) @ (N x Ctot), rows of Ot.
-            at::Tensor o = Ot[b].narrow(0, i0, rows);
-            strip_mm(o, s, Vt[b], own_gemm ? Vpacked[b] : at::Tensor());
-            o.div_(row_stats[c][1].narrow(0, 0, rows).unsqueeze(1));
+            // [sa; ca] for the strip's positions: (rows x N) @ (N x Ctot).
+            at::Tensor o = strip_out[c].narrow(0, 0, rows);
+            strip_mm(o, s, own_gemm ? at::Tensor() : Vt[b], own_gemm ? Vpacked[b] : at::Tensor());
+            // Normalised, gated and written to the outputs while o is still in cache.
+            const int64_t at_i0 = b * C * N + i0, at_i0_pre = b * Cp * N + i0;
+            gated_outputs_strip<scalar_t>(
+                o.data_ptr<scalar_t>(), o.stride(0), rows, l, C, Cp, N, static_cast<scalar_t>(gam),
+                static_cast<scalar_t>(alp), xf.data_ptr<scalar_t>() + at_i0,
+                g.has_pre ? pf.data_ptr<scalar_t>() + at_i0_pre : nullptr,
+                g.has_pre ? mf.data_ptr<scalar_t>() + b * N + i0 : nullptr, y.data_ptr<scalar_t>() + at_i0,
+                sa.data_ptr<scalar_t>() + at_i0, cf.data_ptr<scalar_t>() + at_i0_pre,
+                ca.data_ptr<scalar_t>() + at_i0_pre);
             scalar_t* lse_rows = lse[b].data_ptr<scalar_t>() + i0;
             for (int64_t r = 0; r < rows; ++r) lse_rows[r] = mx[r] + std::log(l[r]);
           }
@@ -267,22 +310,12 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
     });
   }
 
-  const at::Tensor O = Ot.transpose(1, 2);  // (B, Ctot, N) view
-  // The gated outputs are cheap O(N * C) elementwise work, done on whole tensors.
-  const at::Tensor sa_acc = O.narrow(1, 0, C);
-  const at::Tensor xf = flat(x, acc);
-  at::Tensor y = finish(at::add(xf, sa_acc, gamma.item<double>()), {B, C, H, W}, x.scalar_type());
-  at::Tensor sa = finish(sa_acc, {B, C, H, W}, x.scalar_type());
-  at::Tensor cf, ca;
+  // bfloat16 inputs get their outputs back in bfloat16 (a no-op otherwise).
+  y = finish(y, {B, C, H, W}, x.scalar_type());
+  sa = finish(sa, {B, C, H, W}, x.scalar_type());
   if (g.has_pre) {
-    const at::Tensor ca_acc = O.narrow(1, C, Cp);
-    const at::Tensor pf = flat(*pre, acc);
-    const at::Tensor m = flat(*mask, acc);  // (B, 1, N)
-    const double a = alpha->item<double>();
-    // cf = (1 - m) * (a * ca) + m * pre, evaluated as written so that visible pixels (m = 1)
-    // return pre bit for bit and holes (m = 0) exactly a * ca, as in the reference.
-    cf = finish(at::addcmul(m * pf, 1 - m, ca_acc * a), {B, Cp, H, W}, pre->scalar_type());
-    ca = finish(ca_acc, {B, Cp, H, W}, pre->scalar_type());
+    cf = finish(cf, {B, Cp, H, W}, pre->scalar_type());
+    ca = finish(ca, {B, Cp, H, W}, pre->scalar_type());
   } else {
     cf = at::empty({0}, x.options());
     ca = at::empty({0}, x.options());

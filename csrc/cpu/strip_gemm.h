@@ -58,6 +58,24 @@ inline void strip_gemm_pack_b(const float* b, int64_t ldb, int64_t k, int64_t n,
   }
 }
 
+// Panel p of the packed form (as strip_gemm_pack_b writes it) of a k x n matrix B given by its
+// columns: column(j) points at B[:, j], k contiguous floats (a row of B's transpose, such as one
+// channel of a channel-major tensor). Packs without a transposed copy of B; the panels are
+// independent, so callers may pack them in parallel.
+template <typename ColumnPtr>
+inline void strip_gemm_pack_b_panel_from_columns(ColumnPtr column, int64_t k, int64_t n, int64_t p, float* packed) {
+  constexpr int64_t nr = kStripGemmNr;
+  const int64_t j0 = p * nr;
+  const int64_t w = std::min(nr, n - j0);
+  const float* src[kStripGemmNr];
+  for (int64_t jj = 0; jj < w; ++jj) src[jj] = column(j0 + jj);
+  float* dst = packed + j0 * k;
+  for (int64_t kk = 0; kk < k; ++kk) {
+    for (int64_t jj = 0; jj < w; ++jj) dst[kk * nr + jj] = src[jj][kk];
+    for (int64_t jj = w; jj < nr; ++jj) dst[kk * nr + jj] = 0.0f;
+  }
+}
+
 #if IPF_AVX2_KERNELS
 
 // One micro-tile: c (MR x 16, stride ldc) = [c +] a (MR x kc, stride lda) . b (kc x 16, packed).
