@@ -7,10 +7,11 @@
 // The N x N map is never materialised. Work is split into strips of query rows (up to 64 in the
 // forward, 128 in the backward; see kForwardBlockRows): a strip holds the complete score rows of
 // its queries (rows x N), so the softmax is exact and needs no online rescaling. Each product is a
-// GEMM, one strip per thread at a time: in float on AVX2 CPUs, those whose right-hand operand is
-// the same for every strip of an image run on the register-tiled kernel of strip_gemm.h against
-// that operand packed once per image; the others (and all of them in double, or on CPUs with
-// AVX-512 or without AVX2) are BLAS calls on tensor views (inside at::parallel_for, MKL runs
+// GEMM, one strip per thread at a time: in float on AVX2 CPUs all of them run on the register-tiled
+// kernels of strip_gemm.h (those whose right-hand operand is the same for every strip of an image
+// against that operand packed once per image, the backward's key-side products transposed against
+// a strip's rows of a small operand packed per strip); in double, or on CPUs with AVX-512 or
+// without AVX2, they are BLAS calls on tensor views (inside at::parallel_for, MKL runs
 // single-threaded). The elementwise work between the GEMMs is done by fused row kernels
 // (short_long_attention_rows.h), row by row. Peak extra memory is therefore O(threads * rows * N)
 // for the strips, O(threads * N * (Cq + Ctot)) for the backward accumulators and O(B * N * (Cq +
@@ -152,27 +153,54 @@ at::Tensor pack_for_strip_mm(const at::Tensor& b_op) {
   return packed;
 }
 
-// The forward's values V^T = [x; pre]^T (N x (C + Cp)) in strip_gemm's packed form (B, packed size),
-// packed straight from the channel-major (B, C, N) and (B, Cp, N) inputs (pf undefined without pre):
-// a channel is a column of V^T. One task per (image, panel), so one image packs on all threads.
-at::Tensor pack_values_for_strip_mm(const at::Tensor& xf, const at::Tensor& pf) {
-  const int64_t B = xf.size(0), C = xf.size(1), N = xf.size(2);
-  const int64_t Ctot = C + (pf.defined() ? pf.size(1) : 0);
+// Channel j of image b of the values V = [x; pre], from the channel-major float inputs (B, C, N)
+// and (B, Cp, N) (pre null without it): N contiguous floats, a row of V and a column of V^T.
+struct ValueChannels {
+  const float* x;
+  const float* pre;
+  int64_t C, Cp, N;
+  const float* operator()(int64_t b, int64_t j) const {
+    return j < C ? x + (b * C + j) * N : pre + (b * Cp + j - C) * N;
+  }
+};
+
+ValueChannels value_channels(const at::Tensor& xf, const at::Tensor& pf) {
   TORCH_INTERNAL_ASSERT(xf.scalar_type() == at::kFloat && xf.is_contiguous() && (!pf.defined() || pf.is_contiguous()));
-  const int64_t size = strip_gemm_packed_size(N, Ctot);
+  return {xf.data_ptr<float>(), pf.defined() ? pf.data_ptr<float>() : nullptr, xf.size(1),
+          pf.defined() ? pf.size(1) : 0, xf.size(2)};
+}
+
+// The forward's right-hand operand V^T (N x (C + Cp)) in strip_gemm's packed form (B, packed size),
+// packed straight from the channel-major inputs (pf undefined without pre): no position-major
+// copy. One task per (image, panel), so one image packs on all threads.
+at::Tensor pack_vt_for_strip_mm(const at::Tensor& xf, const at::Tensor& pf) {
+  const ValueChannels v = value_channels(xf, pf);
+  const int64_t B = xf.size(0), Ctot = v.C + v.Cp;
+  const int64_t size = strip_gemm_packed_size(v.N, Ctot);
   const int64_t panels = (Ctot + kStripGemmNr - 1) / kStripGemmNr;
   at::Tensor packed = at::empty({B, size}, xf.options());
-  const float* x0 = xf.data_ptr<float>();
-  const float* p0 = pf.defined() ? pf.data_ptr<float>() : nullptr;
   float* dst = packed.data_ptr<float>();
   at::parallel_for(0, B * panels, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / panels;
-      const auto column = [&](int64_t j) {
-        return j < C ? x0 + (b * C + j) * N : p0 + (b * (Ctot - C) + j - C) * N;
-      };
-      strip_gemm_pack_b_panel_from_columns(column, N, Ctot, t % panels, dst + b * size);
+      strip_gemm_pack_b_panel_from_columns([&](int64_t j) { return v(b, j); }, v.N, Ctot, t % panels,
+                                           dst + b * size);
     }
+  });
+  return packed;
+}
+
+// The backward's right-hand operand V ((C + Cp) x N) of dP = dA_I^T V in strip_gemm's packed form
+// (B, packed size), packed straight from the channel-major inputs.
+at::Tensor pack_v_for_strip_mm(const at::Tensor& xf, const at::Tensor& pf) {
+  const ValueChannels v = value_channels(xf, pf);
+  const int64_t B = xf.size(0), Ctot = v.C + v.Cp;
+  const int64_t size = strip_gemm_packed_size(Ctot, v.N);
+  at::Tensor packed = at::empty({B, size}, xf.options());
+  float* dst = packed.data_ptr<float>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      strip_gemm_pack_b_from_rows([&](int64_t j) { return v(b, j); }, Ctot, v.N, dst + b * size);
   });
   return packed;
 }
@@ -262,7 +290,7 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
     // (the keys, the values): on strip_gemm (see the top), packed once per image, the values
     // straight from the channel-major inputs; BLAS reads the values as one position-major copy.
     const at::Tensor Qpacked = own_gemm ? pack_for_strip_mm(Q) : at::Tensor();
-    const at::Tensor Vpacked = own_gemm ? pack_values_for_strip_mm(xf, pf) : at::Tensor();
+    const at::Tensor Vpacked = own_gemm ? pack_vt_for_strip_mm(xf, pf) : at::Tensor();
     const at::Tensor Vt = own_gemm ? at::Tensor() : g.has_pre ? cat_t(x, *pre, acc) : flat_t(x, acc);  // (B, N, Ctot)
 
     // One chunk per thread with a fixed item range, so the work split (and every result bit)
@@ -350,22 +378,26 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
 
   // Upstream gradients of the un-gated outputs, dA = [gamma * dy; alpha * (1 - m) * dcf] in the
   // channel layout of V = [x; pre].
+  // BLAS reads the values V = [x; pre] as one (B, Ctot, N) copy at the padded stride; strip_gemm
+  // packs them straight from x and pre (below).
   at::Tensor V, dA, pf, caf, m, dcf;
   if (g.has_pre) {
     pf = flat(*pre, acc);
     caf = flat(ca, acc);
     m = flat(*mask, acc);
     dcf = has_grad_cf ? flat(grad_cf, acc) : at::zeros({B, Cp, N}, opts);
-    V = padded_rows(B, Ctot, N, opts);  // (B, Ctot, N)
-    V.narrow(1, 0, C).copy_(xf);
-    V.narrow(1, C, Cp).copy_(pf);
+    if (!own_gemm) {
+      V = padded_rows(B, Ctot, N, opts);
+      V.narrow(1, 0, C).copy_(xf);
+      V.narrow(1, C, Cp).copy_(pf);
+    }
     dA = at::empty({B, Ctot, N}, opts);
     at::Tensor dA1 = dA.narrow(1, 0, C);
     at::Tensor dA2 = dA.narrow(1, C, Cp);
     at::mul_out(dA1, dy, gam);
     at::mul_out(dA2, dcf, (1 - m) * alpha->item<double>());
   } else {
-    V = flat_padded(x, opts);
+    if (!own_gemm) V = flat_padded(x, opts);
     dA = dy * gam;
   }
   // Position-major copies for the strip-side GEMM operands (see the top of the file).
@@ -373,11 +405,17 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
   const at::Tensor dAt = dA.transpose(1, 2).contiguous();  // (B, N, Ctot)
 
   // The query-side term of dq, (dS Q^T)_I for the strip's rows I, is a block of rows of dq_rows
-  // (B, N, Cq); the key-side term Q_I dS touches every column of dq (B, Cq, N) and, like the
-  // values' gradient dA_I P (Ctot x N), is accumulated over the strips.
+  // (B, N, Cq); the key-side term Q_I dS touches every position of dq and, like the values'
+  // gradient dA_I P, is accumulated over the strips. On BLAS these sums are channel-major, dq
+  // (B, Cq, N) and dv (B, Ctot, N); on strip_gemm position-major, dq (B, N, Cq) and dv (B, N, Ctot):
+  // computed as (dS^T) Q_I and (P^T) dA_I, their small right-hand operands (a strip's rows of Qt
+  // and dAt) are packed per strip, where Q_I dS and dA_I P would need the strip itself packed.
+  const auto key_sums = [&](int64_t d0, int64_t ch) {
+    return own_gemm ? at::empty({d0, N, ch}, opts) : padded_rows(d0, ch, N, opts);
+  };
   at::Tensor dq_rows = at::empty({B, N, Cq}, opts);
-  at::Tensor dq = padded_rows(B, Cq, N, opts);
-  at::Tensor dv = padded_rows(B, Ctot, N, opts);
+  at::Tensor dq = key_sums(B, Cq);
+  at::Tensor dv = key_sums(B, Ctot);
 
   if (N > 0 && B > 0) {
     const int64_t BM = choose_block_rows(N, B, kBackwardBlockRows);
@@ -396,23 +434,25 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
     // In split mode the first chunk accumulates straight into dq and dv, so only the others need
     // buffers of their own.
     const int64_t extra = split_strips ? nchunks - 1 : 0;
-    at::Tensor acc_q = padded_rows(extra, Cq, N, opts);
-    at::Tensor acc_v = padded_rows(extra, Ctot, N, opts);
+    at::Tensor acc_q = key_sums(extra, Cq);
+    at::Tensor acc_v = key_sums(extra, Ctot);
+    // strip_gemm: the key-side products' right-hand operands, packed per strip.
+    at::Tensor strip_qt = own_gemm ? at::empty({nchunks, strip_gemm_packed_size(BM, Cq)}, opts) : at::Tensor();
+    at::Tensor strip_dat = own_gemm ? at::empty({nchunks, strip_gemm_packed_size(BM, Ctot)}, opts) : at::Tensor();
 
-    // The products whose right-hand operand is the same for every strip of an image run on
-    // strip_gemm in float (see the forward), against operands packed once per image. The key-side
-    // products (Q_I dS and dA_I P, right-hand operands that change with every strip) stay on BLAS:
-    // packing P per strip for strip_gemm made dA_I P slower than MKL's, measured (AVX2 EPYC, two
-    // threads, the two alternated call by call: backward 1.09-1.10x faster with them on BLAS, 1.05-1.08x
-    // with dA_I P on strip_gemm, against all products on BLAS).
+    // In float on strip_gemm (see the forward): the products whose right-hand operand is the same
+    // for every strip of an image against operands packed once per image, the key-side products
+    // as strip_gemm_transposed_a (above). Packing P per strip for dA_I P instead made it slower
+    // than MKL's, measured (AVX2 EPYC, two threads, alternated call by call: backward 1.05-1.08x
+    // faster than all products on BLAS, against 1.09-1.10x with the key-side products on BLAS).
     const at::Tensor Qpacked = own_gemm ? pack_for_strip_mm(Q) : at::Tensor();
-    const at::Tensor Vpacked = own_gemm ? pack_for_strip_mm(V) : at::Tensor();
+    const at::Tensor Vpacked = own_gemm ? pack_v_for_strip_mm(xf, pf) : at::Tensor();
     const at::Tensor Qtpacked = own_gemm ? pack_for_strip_mm(Qt) : at::Tensor();
 
     AT_DISPATCH_FLOATING_TYPES(acc, "short_long_attention_bwd_cpu", [&] {
       const scalar_t sc = static_cast<scalar_t>(scale);
       // Processes strips [blk_begin, blk_end) of image b with the scratch of chunk c, and leaves
-      // the key-side sums of those strips in aq (Cq x N) and av (Ctot x N). The first strip
+      // the key-side sums of those strips in aq and av (Cq and Ctot channels, layouts above). The first strip
       // overwrites them (a GEMM with beta = 0), which spares a separate zero fill.
       auto run_strips = [&](int64_t b, int64_t blk_begin, int64_t blk_end, int64_t c, at::Tensor aq,
                             at::Tensor av) {
@@ -423,7 +463,7 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
         }
         const at::Tensor Q_b = Q[b];
         const at::Tensor Qt_b = Qt[b];
-        const at::Tensor V_b = V[b];
+        const at::Tensor V_b = own_gemm ? at::Tensor() : V[b];  // strip_gemm reads Vpacked
         const scalar_t* lse_b = lse_f[b].data_ptr<scalar_t>();
         scalar_t* delta = row_delta[c].data_ptr<scalar_t>();
         for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
@@ -447,8 +487,18 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
           // Query side: rows I of dS Q^T (the scale is applied once at the end).
           at::Tensor dq_r = dq_rows[b].narrow(0, i0, rows);
           strip_mm(dq_r, ds, Qt_b, own_gemm ? Qtpacked[b] : at::Tensor());
-          // Key side: Q_I dS, and the values' gradient dA_I P, for every key column.
-          if (blk == blk_begin) {
+          // Key side: Q_I dS, and the values' gradient dA_I P, for every key position.
+          const bool add = blk != blk_begin;
+          if (own_gemm) {
+            float* qt_packed = strip_qt[c].data_ptr<float>();
+            float* dat_packed = strip_dat[c].data_ptr<float>();
+            strip_gemm_pack_b(Qt_rows.data_ptr<float>(), Qt_rows.stride(0), rows, Cq, qt_packed);
+            strip_gemm_pack_b(dAt_rows.data_ptr<float>(), dAt_rows.stride(0), rows, Ctot, dat_packed);
+            strip_gemm_transposed_a(ds.data_ptr<float>(), ds.stride(0), N, rows, qt_packed, Cq, aq.data_ptr<float>(),
+                                    aq.stride(0), add);
+            strip_gemm_transposed_a(p.data_ptr<float>(), p.stride(0), N, rows, dat_packed, Ctot, av.data_ptr<float>(),
+                                    av.stride(0), add);
+          } else if (!add) {
             at::mm_out(aq, Qt_rows.t(), ds);
             at::mm_out(av, dAt_rows.t(), p);
           } else {
@@ -488,14 +538,19 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
     });
   }
 
-  // dq = scale * (dS + dS^T) q: the key-side sums plus the query-side rows.
-  at::Tensor grad_q = finish(dq.add_(dq_rows.transpose(1, 2)).mul_(scale), {B, Cq, H, W}, q.scalar_type());
-  at::Tensor grad_x = finish(dv.narrow(1, 0, C).add_(dy), {B, C, H, W}, x.scalar_type());
+  // dq = scale * (dS + dS^T) q: the key-side sums plus the query-side rows. Below, the key-side sums
+  // are read channel-major (a transposed view of strip_gemm's position-major ones).
+  at::Tensor grad_q = own_gemm ? dq.add_(dq_rows).mul_(scale).transpose(1, 2)
+                               : dq.add_(dq_rows.transpose(1, 2)).mul_(scale);
+  grad_q = finish(grad_q, {B, Cq, H, W}, q.scalar_type());
+  const at::Tensor dv_cm = own_gemm ? dv.transpose(1, 2) : dv;  // (B, Ctot, N)
+  // dy first: the sum takes its (contiguous) layout.
+  at::Tensor grad_x = finish(at::add(dy, dv_cm.narrow(1, 0, C)), {B, C, H, W}, x.scalar_type());
   at::Tensor grad_gamma = finish((dy * saf).sum(), gamma.sizes(), gamma.scalar_type());
   at::Tensor grad_pre, grad_mask, grad_alpha;
   if (g.has_pre) {
     const double a = alpha->item<double>();
-    grad_pre = finish(dv.narrow(1, C, Cp).addcmul_(m, dcf), {B, Cp, H, W}, pre->scalar_type());
+    grad_pre = finish((m * dcf).add_(dv_cm.narrow(1, C, Cp)), {B, Cp, H, W}, pre->scalar_type());
     grad_alpha = finish((dcf * (1 - m) * caf).sum(), alpha->sizes(), alpha->scalar_type());
     grad_mask = finish((dcf * (pf - caf * a)).sum(1, /*keepdim=*/true), {B, 1, H, W},
                        mask->scalar_type());

@@ -7,7 +7,11 @@
 // shape (m = 64, k = N = 4096, n = C + Cp = 256) it ran at 41-68 GFLOP/s on one core of an AVX2 EPYC
 // against 67-75 for a 2048^3 GEMM, and its packing copies took 12-17% of the forward
 // (benchmarks/NOTES.md). Here B is packed once per image and A (a strip, or a block of rows of a
-// position-major operand) is read in place, its rows being contiguous.
+// position-major operand) is read in place, its rows being contiguous. The backward's key-side
+// products (Q_I dS and dA_I P, whose right-hand operand is the strip itself) run transposed, as
+// (dS^T) Qt_I and (P^T) dAt_I: C (N x channels) = A . B with A given as its transpose (the strip,
+// read down its columns: strip_gemm_transposed_a) and B a strip's block of rows of a position-major
+// operand (rows x channels, small enough to pack per strip).
 //
 // Blocking (one level, BLIS-style): k is cut into blocks of kStripGemmKc; for each block every
 // panel of kStripGemmNr columns (kStripGemmKc x 16 floats = 16 KiB, in L1) is swept by micro-tiles
@@ -44,18 +48,25 @@ inline int64_t strip_gemm_packed_size(int64_t k, int64_t n) {
   return ((n + kStripGemmNr - 1) / kStripGemmNr) * kStripGemmNr * k;
 }
 
-// B (k x n, rows at stride ldb) -> panels of kStripGemmNr columns, panel p holding
+// B (k x n) given by its rows -> panels of kStripGemmNr columns, panel p holding
 // B[:, p*Nr : p*Nr + Nr] as k rows of Nr contiguous floats; the last panel's missing columns are zero.
-inline void strip_gemm_pack_b(const float* b, int64_t ldb, int64_t k, int64_t n, float* packed) {
+// row(kk) points at B[kk, :], n contiguous floats (rows may come from different tensors).
+template <typename RowPtr>
+inline void strip_gemm_pack_b_from_rows(RowPtr row, int64_t k, int64_t n, float* packed) {
   constexpr int64_t nr = kStripGemmNr;
   for (int64_t j0 = 0; j0 < n; j0 += nr) {
     const int64_t w = std::min(nr, n - j0);
     float* dst = packed + j0 * k;
     for (int64_t kk = 0; kk < k; ++kk) {
-      std::memcpy(dst + kk * nr, b + kk * ldb + j0, w * sizeof(float));
+      std::memcpy(dst + kk * nr, row(kk) + j0, w * sizeof(float));
       std::fill(dst + kk * nr + w, dst + kk * nr + nr, 0.0f);
     }
   }
+}
+
+// The same for B (k x n) with rows at stride ldb.
+inline void strip_gemm_pack_b(const float* b, int64_t ldb, int64_t k, int64_t n, float* packed) {
+  strip_gemm_pack_b_from_rows([&](int64_t kk) { return b + kk * ldb; }, k, n, packed);
 }
 
 // Panel p of the packed form (as strip_gemm_pack_b writes it) of a k x n matrix B given by its
@@ -78,10 +89,12 @@ inline void strip_gemm_pack_b_panel_from_columns(ColumnPtr column, int64_t k, in
 
 #if IPF_AVX2_KERNELS
 
-// One micro-tile: c (MR x 16, stride ldc) = [c +] a (MR x kc, stride lda) . b (kc x 16, packed).
-// Not inlined (one call per kc * MR * 16 multiply-adds costs nothing), so that the driver below is
-// plain code.
-template <int MR>
+// One micro-tile: c (MR x 16, stride ldc) = [c +] a (MR x kc) . b (kc x 16, packed), where a's
+// element (r, kk) is a[r * lda + kk] (rows of A at stride lda) or, kTransposedA, a[kk * lda + r]
+// (A given as its transpose: rows of A^T at stride lda, so the MR values of one kk are adjacent).
+// Not inlined (one call per kc * MR * 16 multiply-adds costs nothing), so that the drivers below
+// are plain code.
+template <int MR, bool kTransposedA>
 __attribute__((target("avx2,fma"))) void strip_tile(const float* __restrict a, int64_t lda, const float* __restrict b,
                                                     int64_t kc, float* __restrict c, int64_t ldc, bool accumulate) {
   static_assert(kStripGemmNr == 16, "two ymm registers per row");
@@ -100,7 +113,7 @@ __attribute__((target("avx2,fma"))) void strip_tile(const float* __restrict a, i
     const __m256 b1 = _mm256_loadu_ps(b + kk * 16 + 8);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m256 ar = _mm256_broadcast_ss(a + r * lda + kk);
+      const __m256 ar = _mm256_broadcast_ss(kTransposedA ? a + kk * lda + r : a + r * lda + kk);
       acc0[r] = _mm256_fmadd_ps(ar, b0, acc0[r]);
       acc1[r] = _mm256_fmadd_ps(ar, b1, acc1[r]);
     }
@@ -118,55 +131,101 @@ __attribute__((target("avx2,fma"))) void strip_tile(const float* __restrict a, i
 
 using StripTile = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, bool);
 
-// kStripTiles[r - 1] computes tiles of r rows, r = 1..kStripGemmMr.
-template <int... R>
+// strip_tiles<kTransposedA>()[r - 1] computes tiles of r rows, r = 1..kStripGemmMr.
+template <bool kTransposedA, int... R>
 constexpr std::array<StripTile, sizeof...(R)> strip_tiles(std::integer_sequence<int, R...>) {
-  return {&strip_tile<R + 1>...};
+  return {&strip_tile<R + 1, kTransposedA>...};
 }
-constexpr std::array<StripTile, kStripGemmMr> kStripTiles = strip_tiles(std::make_integer_sequence<int, kStripGemmMr>{});
+template <bool kTransposedA>
+constexpr std::array<StripTile, kStripGemmMr> strip_tiles() {
+  return strip_tiles<kTransposedA>(std::make_integer_sequence<int, kStripGemmMr>{});
+}
+
+// Rows of the next tile when `left` rows of C remain. A last tile of 1-3 rows would run at half
+// speed or less (too few independent FMA chains to cover their latency): the last MR + 1 .. MR + 3
+// rows go as two tiles of 4-5 rows instead.
+inline int64_t strip_tile_rows(int64_t left) {
+  constexpr int64_t MR = kStripGemmMr;
+  return left > MR && left < MR + 4 ? (left + 1) / 2 : std::min(MR, left);
+}
+
+// One tile of C (rows x cols at c, stride ldc; cols <= kStripGemmNr): a panel's last columns go
+// through a local buffer of full panel width, so nothing outside C's block is read or written.
+inline void strip_tile_at_edge(StripTile tile, int64_t rows, int64_t cols, const float* a, int64_t lda,
+                               const float* b, int64_t kc, float* c, int64_t ldc, bool accumulate) {
+  constexpr int64_t NR = kStripGemmNr;
+  if (cols == NR) {
+    tile(a, lda, b, kc, c, ldc, accumulate);
+    return;
+  }
+  float buf[kStripGemmMr * NR] = {};
+  if (accumulate)
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(buf + r * NR, c + r * ldc, cols * sizeof(float));
+  tile(a, lda, b, kc, buf, NR, accumulate);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * ldc, buf + r * NR, cols * sizeof(float));
+}
 
 #endif  // IPF_AVX2_KERNELS
 
 // C (m x n, rows at stride ldc) = A (m x k, rows at stride lda) . B, where `packed` is B packed by
 // strip_gemm_pack_b. Tiles at the edges of C (the last rows, the last panel's columns) run the
-// kernel of their row count, the column edge into a local buffer of full panel width, so nothing
-// outside A's m x k block or C's m x n block is read or written. Requires avx2_kernels_supported().
+// kernel of their row count, so nothing outside A's m x k block or C's m x n block is read or
+// written. Requires avx2_kernels_supported().
 inline void strip_gemm(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed, int64_t n, float* c,
                        int64_t ldc) {
 #if IPF_AVX2_KERNELS
-  constexpr int64_t MR = kStripGemmMr, NR = kStripGemmNr;
+  constexpr int64_t NR = kStripGemmNr;
+  static constexpr std::array<StripTile, kStripGemmMr> tiles = strip_tiles<false>();
   if (k == 0) {
     for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
     return;
   }
-  float buf[MR * NR] = {};
+  // Each k block sweeps one panel of B (in L1) with all row tiles of A.
   for (int64_t k0 = 0; k0 < k; k0 += kStripGemmKc) {
     const int64_t kc = std::min(kStripGemmKc, k - k0);
-    const bool accumulate = k0 > 0;
     for (int64_t j0 = 0; j0 < n; j0 += NR) {
-      const int64_t cols = std::min(NR, n - j0);
       const float* b = packed + j0 * k + k0 * NR;
       for (int64_t i0 = 0, rows = 0; i0 < m; i0 += rows) {
-        // A last tile of 1-3 rows would run at half speed or less (too few independent FMA chains to
-        // cover their latency): the last MR + 1 .. MR + 3 rows go as two tiles of 4-5 rows instead.
-        const int64_t left = m - i0;
-        rows = left > MR && left < MR + 4 ? (left + 1) / 2 : std::min(MR, left);
-        const StripTile tile = kStripTiles[rows - 1];
-        const float* a_tile = a + i0 * lda + k0;
-        float* c_tile = c + i0 * ldc + j0;
-        if (cols == NR) {
-          tile(a_tile, lda, b, kc, c_tile, ldc, accumulate);
-        } else {
-          if (accumulate)
-            for (int64_t r = 0; r < rows; ++r) std::memcpy(buf + r * NR, c_tile + r * ldc, cols * sizeof(float));
-          tile(a_tile, lda, b, kc, buf, NR, accumulate);
-          for (int64_t r = 0; r < rows; ++r) std::memcpy(c_tile + r * ldc, buf + r * NR, cols * sizeof(float));
-        }
+        rows = strip_tile_rows(m - i0);
+        strip_tile_at_edge(tiles[rows - 1], rows, std::min(NR, n - j0), a + i0 * lda + k0, lda, b, kc,
+                           c + i0 * ldc + j0, ldc, k0 > 0);
       }
     }
   }
 #else
   (void)a, (void)lda, (void)m, (void)k, (void)packed, (void)n, (void)c, (void)ldc;
+#endif
+}
+
+// C (m x n, rows at stride ldc) [+]= A . B with A given as its transpose `at` (k x m, rows at stride
+// ldat): the backward's key-side products, (P^T) dA_I and (dS^T) Q_I, whose left operand is a strip
+// read down its columns and whose right operand (a strip's rows of a position-major tensor) is
+// small and packed per strip. `accumulate` adds the product to C (each k block is summed apart and
+// then added, as in strip_gemm); otherwise C is overwritten. Here each row tile of A (its kc x MR
+// block of `at`, kc cache lines) stays in L1 while it sweeps every panel of B (from L2).
+// Requires avx2_kernels_supported().
+inline void strip_gemm_transposed_a(const float* at, int64_t ldat, int64_t m, int64_t k, const float* packed,
+                                    int64_t n, float* c, int64_t ldc, bool accumulate) {
+#if IPF_AVX2_KERNELS
+  constexpr int64_t NR = kStripGemmNr;
+  static constexpr std::array<StripTile, kStripGemmMr> tiles = strip_tiles<true>();
+  if (k == 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    return;
+  }
+  for (int64_t k0 = 0; k0 < k; k0 += kStripGemmKc) {
+    const int64_t kc = std::min(kStripGemmKc, k - k0);
+    for (int64_t i0 = 0, rows = 0; i0 < m; i0 += rows) {
+      rows = strip_tile_rows(m - i0);
+      for (int64_t j0 = 0; j0 < n; j0 += NR) {
+        strip_tile_at_edge(tiles[rows - 1], rows, std::min(NR, n - j0), at + k0 * ldat + i0, ldat,
+                           packed + j0 * k + k0 * NR, kc, c + i0 * ldc + j0, ldc, accumulate || k0 > 0);
+      }
+    }
+  }
+#else
+  (void)at, (void)ldat, (void)m, (void)k, (void)packed, (void)n, (void)c, (void)ldc, (void)accumulate;
 #endif
 }
 

@@ -1,5 +1,6 @@
 // C++ test of the attention's register-tiled GEMM (csrc/cpu/strip_gemm.h) against a double
-// reference, on shapes that exercise every edge: row counts that are not a multiple of the 6-row
+// reference, both drivers (A by rows, strip_gemm; A given as its transpose, strip_gemm_transposed_a,
+// overwriting C and adding to it), on shapes that exercise every edge: row counts that are not a multiple of the 6-row
 // tile, column counts that are not a multiple of the 16-column panel, depths below, at and above
 // the 256-deep k block (with a tail), and padded row strides. Also checks that nothing outside C's
 // m x n block is written. Runs wherever the kernel can (AVX2 + FMA, AVX-512 CPUs included, where it
@@ -18,21 +19,33 @@ using namespace inpaint_fast::cpu;
 
 int failures = 0;
 
-void check(int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc, std::mt19937& rng) {
+// A (m x k) is stored by rows at stride lda, or (transposed) as A^T (k x m) by rows at stride lda.
+// With `accumulate`, C starts as random values that the product is added to.
+void check(int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc, bool transposed, bool accumulate,
+           std::mt19937& rng) {
   std::normal_distribution<float> normal;
-  std::vector<float> a(m * lda), b(k * n);
+  std::vector<float> a((transposed ? k : m) * lda), b(k * n);
   for (float& v : a) v = normal(rng);
   for (float& v : b) v = normal(rng);
+  const auto a_at = [&](int64_t i, int64_t kk) { return transposed ? a[kk * lda + i] : a[i * lda + kk]; };
   std::vector<float> packed(strip_gemm_packed_size(k, n));
   strip_gemm_pack_b(b.data(), n, k, n, packed.data());
 
   const float sentinel = 12345.0f;
   std::vector<float> c(m * ldc + 16, sentinel);
-  strip_gemm(a.data(), lda, m, k, packed.data(), n, c.data(), ldc);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = accumulate ? normal(rng) : sentinel;
+  const std::vector<float> c0 = c;
+  if (transposed) {
+    strip_gemm_transposed_a(a.data(), lda, m, k, packed.data(), n, c.data(), ldc, accumulate);
+  } else {
+    strip_gemm(a.data(), lda, m, k, packed.data(), n, c.data(), ldc);
+  }
 
   // Rounding bound of a float sum of products, blocked as the kernel blocks it: each k block is
-  // summed with FMAs (<= kc roundings), then the blocks are added one by one (<= k / kc more), so
-  // |error| <= (kc + blocks + 1) * 2^-24 * sum |a b|. A wrong or missing term is far above it.
+  // summed with FMAs (<= kc roundings), then the blocks (and C's old value) are added one by one
+  // (<= k / kc + 1 more), so |error| <= (kc + blocks + 2) * 2^-24 * (|c0| + sum |a b|). A wrong or
+  // missing term is far above it.
   const int64_t kc = std::min<int64_t>(k, kStripGemmKc);
   const int64_t blocks = (k + kStripGemmKc - 1) / kStripGemmKc;
   const double unit = std::ldexp(1.0, -24);
@@ -45,21 +58,23 @@ void check(int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc, std::mt199
         stray += got != sentinel;
         continue;
       }
-      double want = 0, magnitude = 0;
+      double want = accumulate ? c0[i * ldc + j] : 0.0, magnitude = std::fabs(want);
       for (int64_t kk = 0; kk < k; ++kk) {
-        const double t = static_cast<double>(a[i * lda + kk]) * b[kk * n + j];
+        const double t = static_cast<double>(a_at(i, kk)) * b[kk * n + j];
         want += t;
         magnitude += std::fabs(t);
       }
-      const double bound = (kc + blocks + 1) * unit * magnitude + 1e-30;
+      const double bound = (kc + blocks + 2) * unit * magnitude + 1e-30;
       worst = std::max(worst, std::fabs(got - want) / bound);
     }
   }
   for (int64_t j = m * ldc; j < static_cast<int64_t>(c.size()); ++j) stray += c[j] != sentinel;
   const bool ok = worst <= 1.0 && stray == 0;
   failures += !ok;
-  std::printf("%s m=%lld k=%lld n=%lld lda=%lld ldc=%lld: error / bound %.3g, %lld elements written outside C\n",
-              ok ? "ok  " : "FAIL", static_cast<long long>(m), static_cast<long long>(k), static_cast<long long>(n),
+  std::printf("%s %s m=%lld k=%lld n=%lld lda=%lld ldc=%lld: error / bound %.3g, %lld elements written outside C\n",
+              ok ? "ok  " : "FAIL",
+              transposed ? (accumulate ? "transposed A, C +=" : "transposed A, C =") : "A by rows, C =",
+              static_cast<long long>(m), static_cast<long long>(k), static_cast<long long>(n),
               static_cast<long long>(lda), static_cast<long long>(ldc), worst, static_cast<long long>(stray));
 }
 
@@ -76,8 +91,15 @@ int main() {
       {64, 257, 256}, {64, 1000, 37}, {128, 256, 300}, {31, 600, 32}, {64, 4096, 48},
   };
   for (const auto& s : shapes) {
-    check(s[0], s[1], s[2], s[1], s[2], rng);            // packed rows
-    check(s[0], s[1], s[2], s[1] + 5, s[2] + 16, rng);  // padded strides
+    check(s[0], s[1], s[2], s[1], s[2], false, false, rng);            // packed rows
+    check(s[0], s[1], s[2], s[1] + 5, s[2] + 16, false, false, rng);  // padded strides
+    for (const bool accumulate : {false, true}) {
+      check(s[0], s[1], s[2], s[0], s[2], true, accumulate, rng);
+      check(s[0], s[1], s[2], s[0] + 5, s[2] + 16, true, accumulate, rng);
+    }
   }
+  // The backward's key-side shapes: m = N positions, k = a strip's 128 rows, n = Cq or C + Cp.
+  check(4096, 128, 32, 4096 + 16, 32, true, true, rng);
+  check(1000, 128, 256, 1000 + 16, 256, true, true, rng);
   return failures == 0 ? 0 : 1;
 }
