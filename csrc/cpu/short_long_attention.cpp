@@ -130,15 +130,6 @@ at::Tensor flat_padded(const at::Tensor& t, const at::TensorOptions& opts) {
   return out;
 }
 
-// The two passes of the softmax backward on a strip: the energies in `p` become P = exp(E - lse)
-// while delta_i = sum_j P_ij dP_ij is summed, then dP in `ds` becomes dS = P * (dP - delta).
-template <typename T>
-void softmax_backward_rows(at::Tensor& p, at::Tensor& ds, int64_t rows, T scale, const T* lse, T* delta) {
-  const int64_t n = p.size(1);
-  probabilities_delta_strip<T>(p.data_ptr<T>(), ds.data_ptr<T>(), rows, n, p.stride(0), scale, lse, delta);
-  softmax_grad_strip<T>(p.data_ptr<T>(), ds.data_ptr<T>(), rows, n, ds.stride(0), delta);
-}
-
 // The per-image right-hand operands of the strip products (B, k, n) in strip_gemm's packed form
 // (B, packed size), packed once and shared by all strips of an image. float only.
 at::Tensor pack_for_strip_mm(const at::Tensor& b_op) {
@@ -483,7 +474,9 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
           // row's own sum is consistent with its P and dP, so the rounding errors cancel in
           // dP - delta as in PyTorch's softmax backward. Measured: the saved-output delta gave
           // grad_q errors up to 4x the reference's in float32.
-          softmax_backward_rows(p, ds, rows, sc, lse_b + i0, delta);
+          // (strip_p and strip_ds have one shape, so one row stride.)
+          softmax_backward_strip<scalar_t>(p.data_ptr<scalar_t>(), ds.data_ptr<scalar_t>(), rows, N, p.stride(0), sc,
+                                           lse_b + i0, delta);
           // Query side: rows I of dS Q^T (the scale is applied once at the end).
           at::Tensor dq_r = dq_rows[b].narrow(0, i0, rows);
           strip_mm(dq_r, ds, Qt_b, own_gemm ? Qtpacked[b] : at::Tensor());

@@ -120,31 +120,24 @@ IPF_MULTIVERSION void gated_outputs_strip(const T* __restrict o, int64_t ldo, in
   }
 }
 
-// Backward, first pass: the scores become the probabilities P = exp(s * scale - lse) and
-// delta_i = sum_j P_ij dP_ij is accumulated from the strip dp of dP.
+// Backward: the softmax backward of a strip, one row at a time so that the row of P and of dP
+// stays in cache between its two passes (the strip itself does not fit in L2). The scores s
+// become the probabilities P = exp(s * scale - lse), delta_i = sum_j P_ij dP_ij is summed, and dP
+// becomes dS = P * (dP - delta) in place: the form of PyTorch's softmax backward, whose rounding
+// errors cancel in dP - delta because delta was summed from the same P and dP. s and dp share the
+// row stride ld.
 template <typename T>
-IPF_MULTIVERSION void probabilities_delta_strip(T* __restrict s, const T* __restrict dp, int64_t rows, int64_t n,
-                                                int64_t ld, T scale, const T* __restrict lse, T* __restrict delta) {
+IPF_MULTIVERSION void softmax_backward_strip(T* __restrict s, T* __restrict dp, int64_t rows, int64_t n, int64_t ld,
+                                             T scale, const T* __restrict lse, T* __restrict delta) {
   for (int64_t i = 0; i < rows; ++i) {
     T* __restrict e = s + i * ld;
+    T* __restrict g = dp + i * ld;
     // lse comes from the caller (a direct op call may pass any), so overflow is handled.
     exp_row<false>(e, n, scale, lse[i]);
-    delta[i] = static_cast<T>(dot_row(e, dp + i * ld, n));
-  }
-}
-
-// Backward, second pass: dS = P * (dP - delta), in place of dP — the form of PyTorch's softmax
-// backward, whose rounding errors cancel in dP - delta because delta was summed from the same P
-// and dP.
-template <typename T>
-IPF_MULTIVERSION void softmax_grad_strip(const T* __restrict p, T* __restrict dp, int64_t rows, int64_t n, int64_t ld,
-                                         const T* __restrict delta) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const T* __restrict pr = p + i * ld;
-    T* __restrict g = dp + i * ld;
-    const T d = delta[i];
+    const T d = static_cast<T>(dot_row(e, g, n));
+    delta[i] = d;
     IPF_IVDEP
-    for (int64_t j = 0; j < n; ++j) g[j] = pr[j] * (g[j] - d);
+    for (int64_t j = 0; j < n; ++j) g[j] = e[j] * (g[j] - d);
   }
 }
 
