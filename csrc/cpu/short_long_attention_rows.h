@@ -24,28 +24,30 @@ namespace inpaint_fast {
 namespace cpu {
 namespace {
 
-// max_j(sign * e_j) over one row, sign = +1 or -1.
+// max_j(sign * e_j) over one row, sign = +1 or -1. Four vector accumulators hide the max's latency.
 template <typename T>
 IPF_INLINE T signed_row_max(const T* __restrict e, int64_t n, T sign) {
-  using V = typename Vec64<T>::type;  // simd.h
-  constexpr int L = 64 / sizeof(T);
+  using V = typename Vec32<T>::type;  // simd.h
+  constexpr int L = 32 / sizeof(T);
   const T inf = std::numeric_limits<T>::infinity();
-  V m0 = V{} - inf, m1 = m0;
+  V m[4];
+  for (V& v : m) v = V{} - inf;
   int64_t j = 0;
-  for (; j + 2 * L <= n; j += 2 * L) {
-    V a, b;
-    std::memcpy(&a, e + j, sizeof a);
-    std::memcpy(&b, e + j + L, sizeof b);
-    a *= sign;
-    b *= sign;
-    m0 = a > m0 ? a : m0;
-    m1 = b > m1 ? b : m1;
+  for (; j + 4 * L <= n; j += 4 * L) {
+    for (int u = 0; u < 4; ++u) {
+      V a;
+      std::memcpy(&a, e + j + u * L, sizeof a);
+      a *= sign;
+      m[u] = a > m[u] ? a : m[u];
+    }
   }
-  m0 = m1 > m0 ? m1 : m0;
-  T m = -inf;
-  for (int l = 0; l < L; ++l) m = m0[l] > m ? m0[l] : m;
-  for (; j < n; ++j) m = std::max(m, sign * e[j]);
-  return m;
+  m[0] = m[1] > m[0] ? m[1] : m[0];
+  m[2] = m[3] > m[2] ? m[3] : m[2];
+  m[0] = m[2] > m[0] ? m[2] : m[0];
+  T mx = -inf;
+  for (int l = 0; l < L; ++l) mx = m[0][l] > mx ? m[0][l] : mx;
+  for (; j < n; ++j) mx = std::max(mx, sign * e[j]);
+  return mx;
 }
 
 // max_j(e_j * scale), without multiplying every element by scale: rounding is monotone, so the

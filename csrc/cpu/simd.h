@@ -42,20 +42,22 @@
 namespace inpaint_fast {
 namespace cpu {
 
-// 64-byte GCC vector types: each target clone lowers them to its own registers (one zmm, two ymm
-// or four xmm), which is how a max reduction vectorises without -ffast-math (the lane pattern
-// below does not, for max).
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef double f64x8 __attribute__((vector_size(64)));
+// 32-byte GCC vector types, which is how a max reduction vectorises without -ffast-math (the lane
+// pattern below does not, for max): the x86-64-v3 and -v4 clones lower a compare-select of them to
+// one ymm vmaxps / vmaxpd. 64-byte types do not work for this: GCC 12 split their select into
+// scalar vmaxss and stack moves in the v3 clone (seen in the disassembly; the attention softmax's
+// max pass ran scalar on AVX2 CPUs).
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef double f64x4 __attribute__((vector_size(32)));
 template <typename T>
-struct Vec64;
+struct Vec32;
 template <>
-struct Vec64<float> {
-  using type = f32x16;
+struct Vec32<float> {
+  using type = f32x8;
 };
 template <>
-struct Vec64<double> {
-  using type = f64x8;
+struct Vec32<double> {
+  using type = f64x4;
 };
 
 // Independent partial sums of a row reduction (one AVX2 register of floats).
