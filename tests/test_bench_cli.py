@@ -518,3 +518,20 @@ def test_cpu_gemm_ab_alternates_the_choices_and_restores_the_environment(monkeyp
     assert all(float(r[4]) == 1.0 for r in rows if r[2] == "blas"), rows
     with pytest.raises(SystemExit, match=r"--size 60: expected a multiple of 8"):
         module.main(["--size", "60"])
+
+
+def test_cpu_gemm_ab_pairs_each_round_with_the_gemm_ceiling(capsys):
+    """benchmarks/ab_cpu_gemm.py --ceiling: the GEMM is timed once per round after the choices,
+    and each row gets its paired fraction of it (the op's FLOP rate over that round's GEMM rate)."""
+    module = _load_script("ab_cpu_gemm")
+    order = []
+    times = module.ab(lambda: order.append("op"), ["auto"], reps=3, ceiling=lambda: order.append("gemm"))
+    assert order == ["op", "gemm"] * 4 and [len(t) for t in times.values()] == [3, 3]
+    assert module.main(["--size", "64", "--reps", "2", "--choices", "auto", "--ceiling", "--cp", "0",
+                        "--passes", "fwd", "fwd+bwd"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if not line.startswith(("#", "pass"))]
+    assert [(r[0], r[2]) for r in rows] == [("fwd", "auto"), ("fwd+bwd", "auto")], rows
+    fractions = [float(r[5].rstrip("%")) for r in rows]
+    assert all(0 < f < 1000 for f in fractions) and all(float(r[6]) > 0 for r in rows), rows
+    with pytest.raises(SystemExit, match=r"--choices: expected at least two values .* \(or one, with --ceiling\)"):
+        module.main(["--choices", "auto"])
