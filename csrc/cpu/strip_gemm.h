@@ -218,6 +218,16 @@ inline void strip_gemm_transposed_a(const float* at, int64_t ldat, int64_t m, in
     const int64_t kc = std::min(kStripGemmKc, k - k0);
     for (int64_t i0 = 0, rows = 0; i0 < m; i0 += rows) {
       rows = strip_tile_rows(m - i0);
+      // The next row tile's A: kc floats down as many rows of `at`, far apart (a strip's row
+      // stride), which the hardware prefetchers do not follow across pages. Measured (two threads,
+      // backward at N = 4096, alternated call by call): 0.96x the time with pre and without.
+      if (i0 + rows < m) {
+        for (int64_t kk = 0; kk < kc; ++kk) {
+          const float* next = at + (k0 + kk) * ldat + i0 + rows;
+          _mm_prefetch(reinterpret_cast<const char*>(next), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(next + kStripGemmMr - 1), _MM_HINT_T0);
+        }
+      }
       for (int64_t j0 = 0; j0 < n; j0 += NR) {
         strip_tile_at_edge(tiles[rows - 1], rows, std::min(NR, n - j0), at + k0 * ldat + i0, ldat,
                            packed + j0 * k + k0 * NR, kc, c + i0 * ldc + j0, ldc, accumulate || k0 > 0);
