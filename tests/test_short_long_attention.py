@@ -91,6 +91,23 @@ def test_cpu_gemm_choices_match_reference(gemm, with_pre, monkeypatch):
         assert_close_to_oracle(f"grad_{name}", a, b, c, dtype, recompute_magnitude=lse_magnitude)
 
 
+@pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "self"])
+def test_cpu_bfloat16_outputs_are_the_float32_results_rounded_once(with_pre):
+    """The cpu forward computes in float32 and writes bfloat16 outputs straight from its strips:
+    each must equal the float32 forward on the same (bfloat16-valued) inputs, rounded once. A
+    second rounding, a missed conversion or a strip written at the wrong offset breaks equality."""
+    op = kernel_op("short_long_attention", "cpu", "fwd")
+    inputs = attention_sample_inputs((2, 8, 12, 20, 9, 13), torch.bfloat16, with_pre)
+    as_float = [t.float() if t is not None and t.dtype == torch.bfloat16 else t for t in inputs]
+    ours = op(*inputs, 1.0)
+    want = op(*as_float, 1.0)
+    for name, a, b in zip(["y", "cf", "sa", "ca", "lse"], ours, want):
+        expected = b.to(a.dtype)
+        assert a.dtype == (torch.float32 if name == "lse" else torch.bfloat16), name
+        mismatched = (a != expected).sum().item()
+        assert mismatched == 0, f"{name}: {mismatched} of {a.numel()} elements differ from the float32 result rounded"
+
+
 def test_cpu_gemm_choice_is_checked(monkeypatch):
     monkeypatch.setenv("INPAINT_FAST_CPU_GEMM", "mkl")
     inputs = attention_sample_inputs((1, 2, 3, 0, 2, 3), torch.float32, with_pre=False)

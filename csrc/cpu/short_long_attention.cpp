@@ -37,6 +37,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "../dtypes.h"
 #include "../short_long_attention_inputs.h"
@@ -260,9 +261,13 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
   const double gam = gamma.item<double>();
   const double alp = g.has_pre ? alpha->item<double>() : 0.0;
 
-  // The outputs, written strip by strip (gated_outputs_strip) in the compute dtype.
-  at::Tensor y = at::empty({B, C, H, W}, opts), sa = at::empty({B, C, H, W}, opts);
-  at::Tensor cf = at::empty({B, Cp, H, W}, opts), ca = at::empty({B, Cp, H, W}, opts);
+  // The outputs, written strip by strip (gated_outputs_strip): in bfloat16 straight away when x
+  // and pre are bfloat16 (the one rounding of the float result, as a conversion afterwards would
+  // do), otherwise in the compute dtype and converted at the end.
+  const bool bf16_out = x.scalar_type() == at::kBFloat16 && (!g.has_pre || pre->scalar_type() == at::kBFloat16);
+  const auto out_opts = bf16_out ? x.options() : opts;
+  at::Tensor y = at::empty({B, C, H, W}, out_opts), sa = at::empty({B, C, H, W}, out_opts);
+  at::Tensor cf = at::empty({B, Cp, H, W}, out_opts), ca = at::empty({B, Cp, H, W}, out_opts);
   at::Tensor lse = at::empty({B, N}, opts);
 
   if (N > 0 && B > 0) {
@@ -314,13 +319,24 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
             strip_mm(o, s, own_gemm ? at::Tensor() : Vt[b], own_gemm ? Vpacked[b] : at::Tensor());
             // Normalised, gated and written to the outputs while o is still in cache.
             const int64_t at_i0 = b * C * N + i0, at_i0_pre = b * Cp * N + i0;
-            gated_outputs_strip<scalar_t>(
-                o.data_ptr<scalar_t>(), o.stride(0), rows, l, C, Cp, N, static_cast<scalar_t>(gam),
-                static_cast<scalar_t>(alp), xf.data_ptr<scalar_t>() + at_i0,
-                g.has_pre ? pf.data_ptr<scalar_t>() + at_i0_pre : nullptr,
-                g.has_pre ? mf.data_ptr<scalar_t>() + b * N + i0 : nullptr, y.data_ptr<scalar_t>() + at_i0,
-                sa.data_ptr<scalar_t>() + at_i0, cf.data_ptr<scalar_t>() + at_i0_pre,
-                ca.data_ptr<scalar_t>() + at_i0_pre);
+            const auto write = [&](auto out_type) {
+              using O = decltype(out_type);
+              gated_outputs_strip<scalar_t, O>(
+                  o.data_ptr<scalar_t>(), o.stride(0), rows, l, C, Cp, N, static_cast<scalar_t>(gam),
+                  static_cast<scalar_t>(alp), xf.data_ptr<scalar_t>() + at_i0,
+                  g.has_pre ? pf.data_ptr<scalar_t>() + at_i0_pre : nullptr,
+                  g.has_pre ? mf.data_ptr<scalar_t>() + b * N + i0 : nullptr, y.data_ptr<O>() + at_i0,
+                  sa.data_ptr<O>() + at_i0, cf.data_ptr<O>() + at_i0_pre, ca.data_ptr<O>() + at_i0_pre);
+            };
+            if constexpr (std::is_same_v<scalar_t, float>) {
+              if (bf16_out) {
+                write(c10::BFloat16());
+              } else {
+                write(scalar_t());
+              }
+            } else {
+              write(scalar_t());
+            }
             scalar_t* lse_rows = lse[b].data_ptr<scalar_t>() + i0;
             for (int64_t r = 0; r < rows; ++r) lse_rows[r] = mx[r] + std::log(l[r]);
           }
@@ -329,7 +345,7 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
     });
   }
 
-  // bfloat16 inputs get their outputs back in bfloat16 (a no-op otherwise).
+  // The outputs in the inputs' dtypes (a no-op unless they were written in the compute dtype).
   y = finish(y, {B, C, H, W}, x.scalar_type());
   sa = finish(sa, {B, C, H, W}, x.scalar_type());
   if (g.has_pre) {

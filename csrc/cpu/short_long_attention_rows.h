@@ -89,35 +89,36 @@ IPF_MULTIVERSION void softmax_strip(T* __restrict s, int64_t rows, int64_t n, in
 // and cf point at the strip's first position of channel 0, mask at its first position. cf is
 // evaluated as written so that visible pixels (m = 1) return pre bit for bit and holes (m = 0)
 // exactly alpha * ca, as in the reference. Each output row is written once, contiguously; o (in
-// L2 after the product) is read across its rows.
-template <typename T>
+// L2 after the product) is read across its rows. Outputs are computed in T and rounded once to O
+// (T, or bfloat16 for bfloat16 inputs).
+template <typename T, typename O>
 IPF_MULTIVERSION void gated_outputs_strip(const T* __restrict o, int64_t ldo, int64_t rows,
                                           const T* __restrict row_sum, int64_t C, int64_t Cp, int64_t n, T gamma,
                                           T alpha, const T* __restrict x, const T* __restrict pre,
-                                          const T* __restrict mask, T* __restrict y, T* __restrict sa,
-                                          T* __restrict cf, T* __restrict ca) {
+                                          const T* __restrict mask, O* __restrict y, O* __restrict sa,
+                                          O* __restrict cf, O* __restrict ca) {
   for (int64_t c = 0; c < C; ++c) {
     const T* __restrict oc = o + c;
     const T* __restrict xc = x + c * n;
-    T* __restrict yc = y + c * n;
-    T* __restrict sc = sa + c * n;
+    O* __restrict yc = y + c * n;
+    O* __restrict sc = sa + c * n;
     IPF_IVDEP
     for (int64_t r = 0; r < rows; ++r) {
       const T s = oc[r * ldo] / row_sum[r];
-      sc[r] = s;
-      yc[r] = xc[r] + gamma * s;
+      sc[r] = static_cast<O>(s);
+      yc[r] = static_cast<O>(xc[r] + gamma * s);
     }
   }
   for (int64_t c = 0; c < Cp; ++c) {
     const T* __restrict oc = o + C + c;
     const T* __restrict pc = pre + c * n;
-    T* __restrict fc = cf + c * n;
-    T* __restrict ac = ca + c * n;
+    O* __restrict fc = cf + c * n;
+    O* __restrict ac = ca + c * n;
     IPF_IVDEP
     for (int64_t r = 0; r < rows; ++r) {
       const T s = oc[r * ldo] / row_sum[r];
-      ac[r] = s;
-      fc[r] = mask[r] * pc[r] + (T(1) - mask[r]) * (alpha * s);
+      ac[r] = static_cast<O>(s);
+      fc[r] = static_cast<O>(mask[r] * pc[r] + (T(1) - mask[r]) * (alpha * s));
     }
   }
 }
