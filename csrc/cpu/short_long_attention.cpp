@@ -18,15 +18,17 @@
 // Ctot)) for the packed operands, instead of the O(N^2) of the reference.
 //
 // Layouts are chosen for the GEMMs, whose speed depends on them far more than the O(N * C)
-// transposes cost: position-major copies (N x channels) of q, V and the upstream gradients make
-// every strip-side operand and result a contiguous block of rows, and the strips' row stride is
-// padded off a multiple of 4 KiB (a power-of-two stride maps the rows of a GEMM panel onto the same
-// cache sets; measured at N = 4096: the P.V product ran at 70% of the rate it has at a padded
-// stride).
+// transposes cost: position-major copies (N x channels) of q and the upstream gradients (and, for
+// BLAS, of V) make every strip-side operand and result a contiguous block of rows, and the strips'
+// row stride is padded off a multiple of 4 KiB (a power-of-two stride maps the rows of a GEMM panel
+// onto the same cache sets; measured at N = 4096: the P.V product ran at 70% of the rate it has at
+// a padded stride). strip_gemm packs V (or V^T) straight from the channel-major x and pre. The
+// forward's outputs are written channel-major from each strip's position-major P.V rows while
+// they are in cache (gated_outputs_strip).
 //
 // All arithmetic runs in accumulate_dtype (csrc/dtypes.h): float32 for float32 and bfloat16 inputs,
-// float64 for float64 inputs. bfloat16 inputs are converted once at entry and the results
-// converted back.
+// float64 for float64 inputs. bfloat16 inputs are converted once at entry; the forward writes its
+// bfloat16 outputs from the float results directly, the backward converts its results back.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
