@@ -120,6 +120,30 @@ def test_cpu_bfloat16_outputs_are_the_float32_results_rounded_once(with_pre):
         assert mismatched == 0, f"{name}: {mismatched} of {a.numel()} elements differ from the float32 result rounded"
 
 
+@pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "self"])
+def test_cpu_bfloat16_gradients_are_the_float32_results_rounded_once(with_pre):
+    """The cpu backward computes in float32 and writes the bfloat16 inputs' gradients straight from
+    its last pass: each must equal the float32 backward on the same (bfloat16-valued) inputs and
+    upstream gradients, rounded once; the gate gradients (float32 gates) must be equal outright."""
+    fwd = kernel_op("short_long_attention", "cpu", "fwd")
+    bwd = kernel_op("short_long_attention", "cpu", "bwd")
+    inputs = attention_sample_inputs((2, 8, 12, 20, 9, 13), torch.bfloat16, with_pre)
+    upstream = attention_upstream(inputs, torch.bfloat16)
+    grad_cf = upstream[1] if with_pre else torch.empty(0, dtype=torch.bfloat16)
+    as_float = lambda ts: [t.float() if t is not None and t.dtype == torch.bfloat16 else t for t in ts]  # noqa: E731
+    _y, _cf, sa, ca, lse = fwd(*inputs, 1.0)
+    ours = bwd(upstream[0], grad_cf, *inputs, sa, ca, lse, 1.0)
+    want = bwd(*as_float([upstream[0], grad_cf, *inputs, sa, ca]), lse, 1.0)
+    for name, a, b in zip(["q", "x", "gamma", "pre", "mask", "alpha"], ours, want):
+        if not with_pre and name in ("pre", "mask", "alpha"):
+            continue
+        expected = b.to(a.dtype)
+        assert a.dtype == (torch.float32 if name in ("gamma", "alpha") else torch.bfloat16), name
+        mismatched = (a != expected).sum().item()
+        assert mismatched == 0, (f"grad_{name}: {mismatched} of {a.numel()} elements differ from the float32 "
+                                 f"result rounded")
+
+
 def test_cpu_gemm_choice_is_checked(monkeypatch):
     monkeypatch.setenv("INPAINT_FAST_CPU_GEMM", "mkl")
     inputs = attention_sample_inputs((1, 2, 3, 0, 2, 3), torch.float32, with_pre=False)

@@ -27,8 +27,14 @@
 // they are in cache (gated_outputs_strip).
 //
 // All arithmetic runs in accumulate_dtype (csrc/dtypes.h): float32 for float32 and bfloat16 inputs,
-// float64 for float64 inputs. bfloat16 inputs are converted once at entry; the forward writes its
-// bfloat16 outputs from the float results directly, the backward converts its results back.
+// float64 for float64 inputs. bfloat16 inputs are converted once at entry; both directions write
+// their bfloat16 results from the float results directly.
+//
+// The backward's O(N * channels) work around its strip products is two tiled passes over positions
+// (upstream_grads_tile, attention_grads_tile in short_long_attention_rows.h): the upstream
+// gradients transposed to position-major, and every input gradient from the key-side sums. As
+// whole-tensor ATen operations (a transposed copy, adds over transposed views, three reductions
+// with their temporaries) they took ~8% of the backward at N = 4096.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -40,6 +46,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "../dtypes.h"
 #include "../short_long_attention_inputs.h"
@@ -133,18 +140,32 @@ at::Tensor flat_padded(const at::Tensor& t, const at::TensorOptions& opts) {
   return out;
 }
 
-// The per-image right-hand operands of the strip products (B, k, n) in strip_gemm's packed form
-// (B, packed size), packed once and shared by all strips of an image. float only.
+// B images' right-hand operands of the strip products, k x n each, in strip_gemm's packed form
+// (B, packed size): pack_panel(b, p, dst) packs panel p of image b into dst, the image's packed
+// form. One task per (image, panel), so one image packs on all threads.
+template <typename PackPanel>
+at::Tensor pack_panels(int64_t B, int64_t k, int64_t n, const at::TensorOptions& opts, const PackPanel& pack_panel) {
+  const int64_t size = strip_gemm_packed_size(k, n);
+  const int64_t panels = strip_gemm_panels(n);
+  at::Tensor packed = at::empty({B, size}, opts);
+  float* dst = packed.data_ptr<float>();
+  at::parallel_for(0, B * panels, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) pack_panel(t / panels, t % panels, dst + (t / panels) * size);
+  });
+  return packed;
+}
+
+// The per-image right-hand operands (B, k, n) of the strip products that have them as a tensor
+// (the keys Q, the backward's Qt), packed (above). float only.
 at::Tensor pack_for_strip_mm(const at::Tensor& b_op) {
   const int64_t k = b_op.size(1), n = b_op.size(2);
   // A single column may have any stride (the position-major copy of a one-channel q is a view).
   TORCH_INTERNAL_ASSERT(b_op.scalar_type() == at::kFloat && (b_op.stride(2) == 1 || n == 1));
-  at::Tensor packed = at::empty({b_op.size(0), strip_gemm_packed_size(k, n)}, b_op.options());
-  at::parallel_for(0, b_op.size(0), 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      strip_gemm_pack_b(b_op[b].data_ptr<float>(), b_op.stride(1), k, n, packed[b].data_ptr<float>());
+  const float* base = b_op.data_ptr<float>();
+  const int64_t sb = b_op.stride(0), sk = b_op.stride(1);
+  return pack_panels(b_op.size(0), k, n, b_op.options(), [&](int64_t b, int64_t p, float* dst) {
+    strip_gemm_pack_b_panel_from_rows([&](int64_t kk) { return base + b * sb + kk * sk; }, k, n, p, dst);
   });
-  return packed;
 }
 
 // Channel j of image b of the values V = [x; pre], from the channel-major float inputs (B, C, N)
@@ -164,39 +185,22 @@ ValueChannels value_channels(const at::Tensor& xf, const at::Tensor& pf) {
           pf.defined() ? pf.size(1) : 0, xf.size(2)};
 }
 
-// The forward's right-hand operand V^T (N x (C + Cp)) in strip_gemm's packed form (B, packed size),
-// packed straight from the channel-major inputs (pf undefined without pre): no position-major
-// copy. One task per (image, panel), so one image packs on all threads.
+// The forward's right-hand operand V^T (N x (C + Cp)), packed straight from the channel-major
+// inputs (pf undefined without pre): no position-major copy.
 at::Tensor pack_vt_for_strip_mm(const at::Tensor& xf, const at::Tensor& pf) {
   const ValueChannels v = value_channels(xf, pf);
-  const int64_t B = xf.size(0), Ctot = v.C + v.Cp;
-  const int64_t size = strip_gemm_packed_size(v.N, Ctot);
-  const int64_t panels = (Ctot + kStripGemmNr - 1) / kStripGemmNr;
-  at::Tensor packed = at::empty({B, size}, xf.options());
-  float* dst = packed.data_ptr<float>();
-  at::parallel_for(0, B * panels, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / panels;
-      strip_gemm_pack_b_panel_from_columns([&](int64_t j) { return v(b, j); }, v.N, Ctot, t % panels,
-                                           dst + b * size);
-    }
+  return pack_panels(xf.size(0), v.N, v.C + v.Cp, xf.options(), [&](int64_t b, int64_t p, float* dst) {
+    strip_gemm_pack_b_panel_from_columns([&](int64_t j) { return v(b, j); }, v.N, v.C + v.Cp, p, dst);
   });
-  return packed;
 }
 
-// The backward's right-hand operand V ((C + Cp) x N) of dP = dA_I^T V in strip_gemm's packed form
-// (B, packed size), packed straight from the channel-major inputs.
+// The backward's right-hand operand V ((C + Cp) x N) of dP = dA_I^T V, packed straight from the
+// channel-major inputs.
 at::Tensor pack_v_for_strip_mm(const at::Tensor& xf, const at::Tensor& pf) {
   const ValueChannels v = value_channels(xf, pf);
-  const int64_t B = xf.size(0), Ctot = v.C + v.Cp;
-  const int64_t size = strip_gemm_packed_size(Ctot, v.N);
-  at::Tensor packed = at::empty({B, size}, xf.options());
-  float* dst = packed.data_ptr<float>();
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      strip_gemm_pack_b_from_rows([&](int64_t j) { return v(b, j); }, Ctot, v.N, dst + b * size);
+  return pack_panels(xf.size(0), v.C + v.Cp, v.N, xf.options(), [&](int64_t b, int64_t p, float* dst) {
+    strip_gemm_pack_b_panel_from_rows([&](int64_t j) { return v(b, j); }, v.C + v.Cp, v.N, p, dst);
   });
-  return packed;
 }
 
 // out = a @ b for a product of a strip (unit column strides): on strip_gemm against b's packed form
@@ -236,6 +240,59 @@ bool use_strip_gemm(const char* op, at::ScalarType acc) {
 // Splits [0, n) into `parts` nearly equal contiguous ranges; returns the start of range `i`.
 int64_t split_point(int64_t n, int64_t parts, int64_t i) {
   return n * i / parts;
+}
+
+// Calls f(O()) with O the type the kernels write results in: bfloat16 when `bf16` (for float compute;
+// the one rounding a conversion afterwards would do), else the compute type T.
+template <typename T, typename F>
+void with_output_type(bool bf16, const F& f) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16) {
+      f(c10::BFloat16());
+      return;
+    }
+  }
+  f(T());
+}
+
+// The number of tiles of kGradTileRows positions in an image of n.
+int64_t grad_tiles(int64_t n) {
+  return (n + kGradTileRows - 1) / kGradTileRows;
+}
+
+// Runs f(b, p0, rows, t) for every tile t (numbered image by image) of kGradTileRows positions of B
+// images of n positions, spread over the threads.
+template <typename F>
+void for_each_grad_tile(int64_t B, int64_t n, const F& f) {
+  const int64_t tiles = grad_tiles(n);
+  at::parallel_for(0, B * tiles, 8, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = (t % tiles) * kGradTileRows;
+      f(t / tiles, p0, std::min(kGradTileRows, n - p0), t);
+    }
+  });
+}
+
+// The backward's upstream gradients of the un-gated outputs, dA = [gamma * dy; dcf * ((1 - m) *
+// alpha)] in the channel layout of V = [x; pre], position-major (B, N, C + Cp): one pass over the
+// channel-major dy (B, C, N), dcf (B, Cp, N) and m (B, 1, N) (dcf, m undefined without pre).
+at::Tensor upstream_grads_t(const at::Tensor& dy, const at::Tensor& dcf, const at::Tensor& m, double gamma,
+                            double alpha) {
+  const int64_t B = dy.size(0), C = dy.size(1), N = dy.size(2);
+  const int64_t Cp = dcf.defined() ? dcf.size(1) : 0;
+  at::Tensor dat = at::empty({B, N, C + Cp}, dy.options());
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "upstream_grads_t", [&] {
+    const scalar_t* dy_p = dy.data_ptr<scalar_t>();
+    const scalar_t* dcf_p = Cp ? dcf.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* m_p = Cp ? m.data_ptr<scalar_t>() : nullptr;
+    scalar_t* out = dat.data_ptr<scalar_t>();
+    for_each_grad_tile(B, N, [&](int64_t b, int64_t p0, int64_t rows, int64_t) {
+      upstream_grads_tile<scalar_t>(dy_p + b * C * N + p0, Cp ? dcf_p + b * Cp * N + p0 : nullptr,
+                                    Cp ? m_p + b * N + p0 : nullptr, rows, C, Cp, N, static_cast<scalar_t>(gamma),
+                                    static_cast<scalar_t>(alpha), out + (b * N + p0) * (C + Cp));
+    });
+  });
+  return dat;
 }
 
 }  // namespace
@@ -321,7 +378,7 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
             strip_mm(o, s, own_gemm ? at::Tensor() : Vt[b], own_gemm ? Vpacked[b] : at::Tensor());
             // Normalised, gated and written to the outputs while o is still in cache.
             const int64_t at_i0 = b * C * N + i0, at_i0_pre = b * Cp * N + i0;
-            const auto write = [&](auto out_type) {
+            with_output_type<scalar_t>(bf16_out, [&](auto out_type) {
               using O = decltype(out_type);
               gated_outputs_strip<scalar_t, O>(
                   o.data_ptr<scalar_t>(), o.stride(0), rows, l, C, Cp, N, static_cast<scalar_t>(gam),
@@ -329,16 +386,7 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
                   g.has_pre ? pf.data_ptr<scalar_t>() + at_i0_pre : nullptr,
                   g.has_pre ? mf.data_ptr<scalar_t>() + b * N + i0 : nullptr, y.data_ptr<O>() + at_i0,
                   sa.data_ptr<O>() + at_i0, cf.data_ptr<O>() + at_i0_pre, ca.data_ptr<O>() + at_i0_pre);
-            };
-            if constexpr (std::is_same_v<scalar_t, float>) {
-              if (bf16_out) {
-                write(c10::BFloat16());
-              } else {
-                write(scalar_t());
-              }
-            } else {
-              write(scalar_t());
-            }
+            });
             scalar_t* lse_rows = lse[b].data_ptr<scalar_t>() + i0;
             for (int64_t r = 0; r < rows; ++r) lse_rows[r] = mx[r] + std::log(l[r]);
           }
@@ -385,11 +433,10 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
   // The probabilities are recomputed as P = exp(E - lse).
   const at::Tensor lse_f = lse.to(acc).reshape({B, N}).contiguous();
 
-  // Upstream gradients of the un-gated outputs, dA = [gamma * dy; alpha * (1 - m) * dcf] in the
-  // channel layout of V = [x; pre].
   // BLAS reads the values V = [x; pre] as one (B, Ctot, N) copy at the padded stride; strip_gemm
   // packs them straight from x and pre (below).
-  at::Tensor V, dA, pf, caf, m, dcf;
+  const double alp = g.has_pre ? alpha->item<double>() : 0.0;
+  at::Tensor V, pf, caf, m, dcf;
   if (g.has_pre) {
     pf = flat(*pre, acc);
     caf = flat(ca, acc);
@@ -400,18 +447,13 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
       V.narrow(1, 0, C).copy_(xf);
       V.narrow(1, C, Cp).copy_(pf);
     }
-    dA = at::empty({B, Ctot, N}, opts);
-    at::Tensor dA1 = dA.narrow(1, 0, C);
-    at::Tensor dA2 = dA.narrow(1, C, Cp);
-    at::mul_out(dA1, dy, gam);
-    at::mul_out(dA2, dcf, (1 - m) * alpha->item<double>());
-  } else {
-    if (!own_gemm) V = flat_padded(x, opts);
-    dA = dy * gam;
+  } else if (!own_gemm) {
+    V = flat_padded(x, opts);
   }
-  // Position-major copies for the strip-side GEMM operands (see the top of the file).
-  const at::Tensor Qt = flat_t(q, acc);                    // (B, N, Cq)
-  const at::Tensor dAt = dA.transpose(1, 2).contiguous();  // (B, N, Ctot)
+  // Position-major operands of the strip-side products (see the top of the file): q, and the
+  // upstream gradients dA of the un-gated outputs in the channel layout of V.
+  const at::Tensor Qt = flat_t(q, acc);                            // (B, N, Cq)
+  const at::Tensor dAt = upstream_grads_t(dy, dcf, m, gam, alp);  // (B, N, Ctot)
 
   // The query-side term of dq, (dS Q^T)_I for the strip's rows I, is a block of rows of dq_rows
   // (B, N, Cq); the key-side term Q_I dS touches every position of dq and, like the values'
@@ -549,22 +591,58 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
     });
   }
 
-  // dq = scale * (dS + dS^T) q: the key-side sums plus the query-side rows. Below, the key-side sums
-  // are read channel-major (a transposed view of strip_gemm's position-major ones).
-  at::Tensor grad_q = own_gemm ? dq.add_(dq_rows).mul_(scale).transpose(1, 2)
-                               : dq.add_(dq_rows.transpose(1, 2)).mul_(scale);
-  grad_q = finish(grad_q, {B, Cq, H, W}, q.scalar_type());
+  // dq = scale * (dS + dS^T) q, the key-side sums plus the query-side rows, and the inputs'
+  // gradients, in one pass over positions (attention_grads_tile) that reads the key-side sums
+  // channel-major (on strip_gemm a transposed view of the position-major sums). Written in
+  // bfloat16 straight away when every input that has a gradient here is bfloat16.
+  const at::Tensor dq_cm = own_gemm ? dq.transpose(1, 2) : dq;  // (B, Cq, N)
   const at::Tensor dv_cm = own_gemm ? dv.transpose(1, 2) : dv;  // (B, Ctot, N)
-  // dy first: the sum takes its (contiguous) layout.
-  at::Tensor grad_x = finish(at::add(dy, dv_cm.narrow(1, 0, C)), {B, C, H, W}, x.scalar_type());
-  at::Tensor grad_gamma = finish((dy * saf).sum(), gamma.sizes(), gamma.scalar_type());
-  at::Tensor grad_pre, grad_mask, grad_alpha;
+  const auto is_bf16 = [](const at::Tensor& t) { return t.scalar_type() == at::kBFloat16; };
+  const bool bf16_out = is_bf16(q) && is_bf16(x) && (!g.has_pre || (is_bf16(*pre) && is_bf16(*mask)));
+  const auto out_opts = bf16_out ? x.options() : opts;
+  at::Tensor grad_q = at::empty({B, Cq, H, W}, out_opts);
+  at::Tensor grad_x = at::empty({B, C, H, W}, out_opts);
+  at::Tensor grad_pre = at::empty({g.has_pre ? B : 0, Cp, H, W}, out_opts);
+  at::Tensor grad_mask = at::empty({g.has_pre ? B : 0, 1, H, W}, out_opts);
+  std::vector<GateGradTerms> terms(B * grad_tiles(N));
+  AT_DISPATCH_FLOATING_TYPES(acc, "short_long_attention_bwd_cpu_grads", [&] {
+    with_output_type<scalar_t>(bf16_out, [&](auto out_type) {
+      using O = decltype(out_type);
+      const auto pre_side = [&](const at::Tensor& t, int64_t b, int64_t ch) {
+        return g.has_pre ? t.data_ptr<scalar_t>() + b * ch * N : nullptr;
+      };
+      const auto pre_out = [&](at::Tensor& t, int64_t b, int64_t ch) {
+        return g.has_pre ? t.data_ptr<O>() + b * ch * N : nullptr;
+      };
+      for_each_grad_tile(B, N, [&](int64_t b, int64_t p0, int64_t rows, int64_t t) {
+        const AttentionGradsImage<scalar_t, O> im{
+            dy.data_ptr<scalar_t>() + b * C * N, saf.data_ptr<scalar_t>() + b * C * N, pre_side(dcf, b, Cp),
+            pre_side(pf, b, Cp), pre_side(caf, b, Cp), pre_side(m, b, 1),
+            dq_cm[b].data_ptr<scalar_t>(), dq_cm.stride(2), dq_cm.stride(1),
+            dv_cm[b].data_ptr<scalar_t>(), dv_cm.stride(2), dv_cm.stride(1),
+            dq_rows[b].data_ptr<scalar_t>(),
+            grad_q.data_ptr<O>() + b * Cq * N, grad_x.data_ptr<O>() + b * C * N, pre_out(grad_pre, b, Cp),
+            pre_out(grad_mask, b, 1),
+            Cq, C, Cp, N, static_cast<scalar_t>(scale), static_cast<scalar_t>(alp)};
+        terms[t] = attention_grads_tile(im, p0, rows);
+      });
+    });
+  });
+  // The gate gradients: the tiles' terms summed in tile order, so the result does not depend on
+  // the number of threads.
+  GateGradTerms sums;
+  for (const GateGradTerms& t : terms) {
+    sums.gamma += t.gamma;
+    sums.alpha += t.alpha;
+  }
+  const at::Tensor grad_gamma = at::full(gamma.sizes(), sums.gamma, gamma.options());
+  grad_q = finish(grad_q, {B, Cq, H, W}, q.scalar_type());
+  grad_x = finish(grad_x, {B, C, H, W}, x.scalar_type());
+  at::Tensor grad_alpha;
   if (g.has_pre) {
-    const double a = alpha->item<double>();
-    grad_pre = finish((m * dcf).add_(dv_cm.narrow(1, C, Cp)), {B, Cp, H, W}, pre->scalar_type());
-    grad_alpha = finish((dcf * (1 - m) * caf).sum(), alpha->sizes(), alpha->scalar_type());
-    grad_mask = finish((dcf * (pf - caf * a)).sum(1, /*keepdim=*/true), {B, 1, H, W},
-                       mask->scalar_type());
+    grad_pre = finish(grad_pre, {B, Cp, H, W}, pre->scalar_type());
+    grad_mask = finish(grad_mask, {B, 1, H, W}, mask->scalar_type());
+    grad_alpha = at::full(alpha->sizes(), sums.alpha, alpha->options());
   } else {
     grad_pre = at::empty({0}, x.options());
     grad_mask = at::empty({0}, x.options());

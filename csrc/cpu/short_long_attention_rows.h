@@ -144,6 +144,112 @@ IPF_MULTIVERSION void softmax_backward_strip(T* __restrict s, T* __restrict dp, 
   }
 }
 
+// Positions per tile of the backward's O(N * channels) passes (upstream_grads_tile,
+// attention_grads_tile): a tile's position-major rows of every channel (32 x 256 floats for PIC's
+// values) stay in L1 while it is read across them.
+constexpr int64_t kGradTileRows = 32;
+
+// Backward, before the strip products: the upstream gradients of the un-gated outputs,
+// dA = [gamma * dy; dcf * ((1 - m) * alpha)], for `rows` <= kGradTileRows positions of one image,
+// written position-major (rows x (C + Cp), row stride C + Cp: the layout the strip products read)
+// from the channel-major dy (C channels) and dcf (Cp channels) at channel stride n. dy, dcf and mask
+// point at the tile's first position; dcf and mask are not read when Cp = 0.
+template <typename T>
+IPF_MULTIVERSION void upstream_grads_tile(const T* __restrict dy, const T* __restrict dcf,
+                                          const T* __restrict mask, int64_t rows, int64_t C, int64_t Cp,
+                                          int64_t n, T gamma, T alpha, T* __restrict dat) {
+  const int64_t ld = C + Cp;
+  for (int64_t c = 0; c < C; ++c) {
+    const T* __restrict src = dy + c * n;
+    IPF_IVDEP
+    for (int64_t r = 0; r < rows; ++r) dat[r * ld + c] = gamma * src[r];
+  }
+  T hole[kGradTileRows];
+  for (int64_t r = 0; r < rows && Cp > 0; ++r) hole[r] = (T(1) - mask[r]) * alpha;
+  for (int64_t c = 0; c < Cp; ++c) {
+    const T* __restrict src = dcf + c * n;
+    IPF_IVDEP
+    for (int64_t r = 0; r < rows; ++r) dat[r * ld + C + c] = src[r] * hole[r];
+  }
+}
+
+// Backward, after the strip products: what one image's gradients read and write. Inputs and
+// outputs are channel-major at channel stride n; the key-side sums dq (Cq channels) and dv (C + Cp)
+// are read at element (position p, channel c) = p * pos + c * ch (position-major on strip_gemm,
+// channel-major on BLAS), the query-side rows dq_rows position-major (n x Cq). The pre-side
+// pointers are null without pre.
+template <typename T, typename O>
+struct AttentionGradsImage {
+  const T *dy, *sa, *dcf, *pre, *ca, *mask;
+  const T* dq;
+  int64_t dq_pos, dq_ch;
+  const T* dv;
+  int64_t dv_pos, dv_ch;
+  const T* dq_rows;
+  O *grad_q, *grad_x, *grad_pre, *grad_mask;
+  int64_t Cq, C, Cp, n;
+  T scale, alpha;
+};
+
+// One tile's terms of the gate gradients, summed in double.
+struct GateGradTerms {
+  double gamma = 0, alpha = 0;
+};
+
+// The gradients of positions [p0, p0 + rows) of one image, rows <= kGradTileRows:
+// grad_q = (dq + dq_rows) * scale, grad_x = dy + dv[:C], grad_pre = m * dcf + dv[C:] and
+// grad_mask = sum_c dcf * (pre - ca * alpha), each computed in T and rounded once to O; returns the
+// tile's terms of grad_gamma = sum dy * sa and grad_alpha = sum dcf * (1 - m) * ca. Every
+// accumulation runs over channels for each position at once (per-position accumulators), so the
+// loops vectorise and the sums do not depend on the clone that runs.
+template <typename T, typename O>
+IPF_MULTIVERSION GateGradTerms attention_grads_tile(const AttentionGradsImage<T, O>& im, int64_t p0, int64_t rows) {
+  const int64_t n = im.n;
+  for (int64_t c = 0; c < im.Cq; ++c) {
+    const T* __restrict keys = im.dq + p0 * im.dq_pos + c * im.dq_ch;
+    const T* __restrict own = im.dq_rows + p0 * im.Cq + c;
+    O* __restrict out = im.grad_q + c * n + p0;
+    IPF_IVDEP
+    for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<O>((keys[r * im.dq_pos] + own[r * im.Cq]) * im.scale);
+  }
+  double g_terms[kGradTileRows] = {};
+  for (int64_t c = 0; c < im.C; ++c) {
+    const T* __restrict dy = im.dy + c * n + p0;
+    const T* __restrict sa = im.sa + c * n + p0;
+    const T* __restrict dv = im.dv + p0 * im.dv_pos + c * im.dv_ch;
+    O* __restrict out = im.grad_x + c * n + p0;
+    IPF_IVDEP
+    for (int64_t r = 0; r < rows; ++r) {
+      out[r] = static_cast<O>(dy[r] + dv[r * im.dv_pos]);
+      g_terms[r] += static_cast<double>(dy[r] * sa[r]);
+    }
+  }
+  GateGradTerms terms;
+  for (int64_t r = 0; r < rows; ++r) terms.gamma += g_terms[r];
+  if (im.Cp == 0) return terms;
+
+  const T* __restrict m = im.mask + p0;
+  double a_terms[kGradTileRows] = {}, m_terms[kGradTileRows] = {};
+  for (int64_t c = 0; c < im.Cp; ++c) {
+    const T* __restrict dcf = im.dcf + c * n + p0;
+    const T* __restrict pre = im.pre + c * n + p0;
+    const T* __restrict ca = im.ca + c * n + p0;
+    const T* __restrict dv = im.dv + p0 * im.dv_pos + (im.C + c) * im.dv_ch;
+    O* __restrict out = im.grad_pre + c * n + p0;
+    IPF_IVDEP
+    for (int64_t r = 0; r < rows; ++r) {
+      out[r] = static_cast<O>(m[r] * dcf[r] + dv[r * im.dv_pos]);
+      a_terms[r] += static_cast<double>(dcf[r] * (T(1) - m[r]) * ca[r]);
+      m_terms[r] += static_cast<double>(dcf[r] * (pre[r] - ca[r] * im.alpha));
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    terms.alpha += a_terms[r];
+    im.grad_mask[p0 + r] = static_cast<O>(m_terms[r]);
+  }
+  return terms;
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace inpaint_fast

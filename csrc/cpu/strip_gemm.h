@@ -48,20 +48,31 @@ inline int64_t strip_gemm_packed_size(int64_t k, int64_t n) {
   return ((n + kStripGemmNr - 1) / kStripGemmNr) * kStripGemmNr * k;
 }
 
-// B (k x n) given by its rows -> panels of kStripGemmNr columns, panel p holding
-// B[:, p*Nr : p*Nr + Nr] as k rows of Nr contiguous floats; the last panel's missing columns are zero.
-// row(kk) points at B[kk, :], n contiguous floats (rows may come from different tensors).
+// Panel p of the packed form of B (k x n) given by its rows: the panels hold kStripGemmNr columns
+// each, panel p holding B[:, p*Nr : p*Nr + Nr] as k rows of Nr contiguous floats; the last panel's
+// missing columns are zero. row(kk) points at B[kk, :], n contiguous floats (rows may come from
+// different tensors). The panels are independent, so callers may pack them in parallel.
+template <typename RowPtr>
+inline void strip_gemm_pack_b_panel_from_rows(RowPtr row, int64_t k, int64_t n, int64_t p, float* packed) {
+  constexpr int64_t nr = kStripGemmNr;
+  const int64_t j0 = p * nr;
+  const int64_t w = std::min(nr, n - j0);
+  float* dst = packed + j0 * k;
+  for (int64_t kk = 0; kk < k; ++kk) {
+    std::memcpy(dst + kk * nr, row(kk) + j0, w * sizeof(float));
+    std::fill(dst + kk * nr + w, dst + kk * nr + nr, 0.0f);
+  }
+}
+
+// Panels of the packed form of a k x n matrix.
+inline int64_t strip_gemm_panels(int64_t n) {
+  return (n + kStripGemmNr - 1) / kStripGemmNr;
+}
+
+// All panels of B (k x n) given by its rows (above).
 template <typename RowPtr>
 inline void strip_gemm_pack_b_from_rows(RowPtr row, int64_t k, int64_t n, float* packed) {
-  constexpr int64_t nr = kStripGemmNr;
-  for (int64_t j0 = 0; j0 < n; j0 += nr) {
-    const int64_t w = std::min(nr, n - j0);
-    float* dst = packed + j0 * k;
-    for (int64_t kk = 0; kk < k; ++kk) {
-      std::memcpy(dst + kk * nr, row(kk) + j0, w * sizeof(float));
-      std::fill(dst + kk * nr + w, dst + kk * nr + nr, 0.0f);
-    }
-  }
+  for (int64_t p = 0; p < strip_gemm_panels(n); ++p) strip_gemm_pack_b_panel_from_rows(row, k, n, p, packed);
 }
 
 // The same for B (k x n) with rows at stride ldb.
