@@ -42,6 +42,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -168,28 +169,68 @@ at::Tensor pack_for_strip_mm(const at::Tensor& b_op) {
   });
 }
 
-// Channel j of image b of the values V = [x; pre], from the channel-major float inputs (B, C, N)
-// and (B, Cp, N) (pre null without it): N contiguous floats, a row of V and a column of V^T.
+// Calls f(E()) with E the type the kernels read inputs or write results in: bfloat16 when `bf16`
+// (for float compute: inputs are converted as read, results rounded once as written), else the
+// compute type T.
+template <typename T, typename F>
+void with_storage_type(bool bf16, const F& f) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16) {
+      f(c10::BFloat16());
+      return;
+    }
+  }
+  f(T());
+}
+
+// Whether every defined tensor of `ts` is bfloat16: then the kernels read (or write) them as such.
+bool all_bfloat16(std::initializer_list<at::Tensor> ts) {
+  return std::all_of(ts.begin(), ts.end(),
+                     [](const at::Tensor& t) { return !t.defined() || t.scalar_type() == at::kBFloat16; });
+}
+
+// An optional input as a tensor, undefined when absent.
+at::Tensor or_undefined(const std::optional<at::Tensor>& t) {
+  return t.value_or(at::Tensor());
+}
+
+// Channel j of image b of the values V = [x; pre], from the channel-major inputs (B, C, N) and
+// (B, Cp, N) (pre null without it) stored as E (float or bfloat16): N contiguous elements, a row of
+// V and a column of V^T.
+template <typename E>
 struct ValueChannels {
-  const float* x;
-  const float* pre;
+  const E* x;
+  const E* pre;
   int64_t C, Cp, N;
-  const float* operator()(int64_t b, int64_t j) const {
+  const E* operator()(int64_t b, int64_t j) const {
     return j < C ? x + (b * C + j) * N : pre + (b * Cp + j - C) * N;
   }
 };
 
-ValueChannels value_channels(const at::Tensor& xf, const at::Tensor& pf) {
-  TORCH_INTERNAL_ASSERT(xf.scalar_type() == at::kFloat && xf.is_contiguous() && (!pf.defined() || pf.is_contiguous()));
-  return {xf.data_ptr<float>(), pf.defined() ? pf.data_ptr<float>() : nullptr, xf.size(1),
-          pf.defined() ? pf.size(1) : 0, xf.size(2)};
+// Packs with pack_panels the value operand of one direction of the strip products, from the
+// channel-major xf and pf (undefined without pre), float or bfloat16: pack_panel(values, b, p,
+// dst) with values a ValueChannels; `transposed` says whether the operand is V^T (N x (C + Cp))
+// rather than V.
+template <typename PackPanel>
+at::Tensor pack_values(const at::Tensor& xf, const at::Tensor& pf, bool transposed, const PackPanel& pack_panel) {
+  TORCH_INTERNAL_ASSERT(xf.is_contiguous() && (!pf.defined() || (pf.is_contiguous() && pf.scalar_type() == xf.scalar_type())));
+  const int64_t C = xf.size(1), Cp = pf.defined() ? pf.size(1) : 0, N = xf.size(2);
+  at::Tensor packed;
+  with_storage_type<float>(xf.scalar_type() == at::kBFloat16, [&](auto stored) {
+    using E = decltype(stored);
+    TORCH_INTERNAL_ASSERT(xf.scalar_type() == c10::CppTypeToScalarType<E>::value);
+    const ValueChannels<E> v{xf.data_ptr<E>(), pf.defined() ? pf.data_ptr<E>() : nullptr, C, Cp, N};
+    packed = pack_panels(xf.size(0), transposed ? N : C + Cp, transposed ? C + Cp : N,
+                         xf.options().dtype(at::kFloat),
+                         [&](int64_t b, int64_t p, float* dst) { pack_panel(v, b, p, dst); });
+  });
+  return packed;
 }
 
 // The forward's right-hand operand V^T (N x (C + Cp)), packed straight from the channel-major
-// inputs (pf undefined without pre): no position-major copy.
+// inputs: no position-major copy.
 at::Tensor pack_vt_for_strip_mm(const at::Tensor& xf, const at::Tensor& pf) {
-  const ValueChannels v = value_channels(xf, pf);
-  return pack_panels(xf.size(0), v.N, v.C + v.Cp, xf.options(), [&](int64_t b, int64_t p, float* dst) {
+  return pack_values(xf, pf, true, [](const auto& v, int64_t b, int64_t p, float* dst) {
     strip_gemm_pack_b_panel_from_columns([&](int64_t j) { return v(b, j); }, v.N, v.C + v.Cp, p, dst);
   });
 }
@@ -197,8 +238,7 @@ at::Tensor pack_vt_for_strip_mm(const at::Tensor& xf, const at::Tensor& pf) {
 // The backward's right-hand operand V ((C + Cp) x N) of dP = dA_I^T V, packed straight from the
 // channel-major inputs.
 at::Tensor pack_v_for_strip_mm(const at::Tensor& xf, const at::Tensor& pf) {
-  const ValueChannels v = value_channels(xf, pf);
-  return pack_panels(xf.size(0), v.C + v.Cp, v.N, xf.options(), [&](int64_t b, int64_t p, float* dst) {
+  return pack_values(xf, pf, false, [](const auto& v, int64_t b, int64_t p, float* dst) {
     strip_gemm_pack_b_panel_from_rows([&](int64_t j) { return v(b, j); }, v.C + v.Cp, v.N, p, dst);
   });
 }
@@ -242,19 +282,6 @@ int64_t split_point(int64_t n, int64_t parts, int64_t i) {
   return n * i / parts;
 }
 
-// Calls f(O()) with O the type the kernels write results in: bfloat16 when `bf16` (for float compute;
-// the one rounding a conversion afterwards would do), else the compute type T.
-template <typename T, typename F>
-void with_output_type(bool bf16, const F& f) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (bf16) {
-      f(c10::BFloat16());
-      return;
-    }
-  }
-  f(T());
-}
-
 // The number of tiles of kGradTileRows positions in an image of n.
 int64_t grad_tiles(int64_t n) {
   return (n + kGradTileRows - 1) / kGradTileRows;
@@ -275,21 +302,26 @@ void for_each_grad_tile(int64_t B, int64_t n, const F& f) {
 
 // The backward's upstream gradients of the un-gated outputs, dA = [gamma * dy; dcf * ((1 - m) *
 // alpha)] in the channel layout of V = [x; pre], position-major (B, N, C + Cp): one pass over the
-// channel-major dy (B, C, N), dcf (B, Cp, N) and m (B, 1, N) (dcf, m undefined without pre).
+// channel-major dy (B, C, N), dcf (B, Cp, N) and m (B, 1, N) (dcf, m undefined without pre),
+// stored in the compute dtype `acc` or (for float compute) bfloat16.
 at::Tensor upstream_grads_t(const at::Tensor& dy, const at::Tensor& dcf, const at::Tensor& m, double gamma,
-                            double alpha) {
+                            double alpha, at::ScalarType acc) {
   const int64_t B = dy.size(0), C = dy.size(1), N = dy.size(2);
   const int64_t Cp = dcf.defined() ? dcf.size(1) : 0;
-  at::Tensor dat = at::empty({B, N, C + Cp}, dy.options());
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "upstream_grads_t", [&] {
-    const scalar_t* dy_p = dy.data_ptr<scalar_t>();
-    const scalar_t* dcf_p = Cp ? dcf.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* m_p = Cp ? m.data_ptr<scalar_t>() : nullptr;
-    scalar_t* out = dat.data_ptr<scalar_t>();
-    for_each_grad_tile(B, N, [&](int64_t b, int64_t p0, int64_t rows, int64_t) {
-      upstream_grads_tile<scalar_t>(dy_p + b * C * N + p0, Cp ? dcf_p + b * Cp * N + p0 : nullptr,
-                                    Cp ? m_p + b * N + p0 : nullptr, rows, C, Cp, N, static_cast<scalar_t>(gamma),
-                                    static_cast<scalar_t>(alpha), out + (b * N + p0) * (C + Cp));
+  at::Tensor dat = at::empty({B, N, C + Cp}, dy.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES(acc, "upstream_grads_t", [&] {
+    with_storage_type<scalar_t>(dy.scalar_type() == at::kBFloat16, [&](auto stored) {
+      using I = decltype(stored);
+      const I* dy_p = dy.data_ptr<I>();
+      const I* dcf_p = Cp ? dcf.data_ptr<I>() : nullptr;
+      const I* m_p = Cp ? m.data_ptr<I>() : nullptr;
+      scalar_t* out = dat.data_ptr<scalar_t>();
+      for_each_grad_tile(B, N, [&](int64_t b, int64_t p0, int64_t rows, int64_t) {
+        upstream_grads_tile<scalar_t, I>(dy_p + b * C * N + p0, Cp ? dcf_p + b * Cp * N + p0 : nullptr,
+                                         Cp ? m_p + b * N + p0 : nullptr, rows, C, Cp, N,
+                                         static_cast<scalar_t>(gamma), static_cast<scalar_t>(alpha),
+                                         out + (b * N + p0) * (C + Cp));
+      });
     });
   });
   return dat;
@@ -313,10 +345,13 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
   // q serves as query and key: the score GEMM of a strip is Qt[rows] (rows x Cq) @ Q (Cq x N).
   const at::Tensor Q = flat_padded(q, opts);  // (B, Cq, N)
   const at::Tensor Qt = flat_t(q, acc);        // (B, N, Cq)
-  // The inputs the gated outputs read, channel-major (B, ch, N).
-  const at::Tensor xf = flat(x, acc);
-  const at::Tensor pf = g.has_pre ? flat(*pre, acc) : at::Tensor();
-  const at::Tensor mf = g.has_pre ? flat(*mask, acc) : at::Tensor();  // (B, 1, N)
+  // The inputs the gated outputs (and strip_gemm's value packing) read, channel-major (B, ch, N):
+  // as they are when all are bfloat16 (converted as read), else in the compute dtype.
+  const bool bf16_in = all_bfloat16({x, or_undefined(pre), or_undefined(mask)});
+  const auto in_dtype = bf16_in ? at::kBFloat16 : acc;
+  const at::Tensor xf = flat(x, in_dtype);
+  const at::Tensor pf = g.has_pre ? flat(*pre, in_dtype) : at::Tensor();
+  const at::Tensor mf = g.has_pre ? flat(*mask, in_dtype) : at::Tensor();  // (B, 1, N)
   const double gam = gamma.item<double>();
   const double alp = g.has_pre ? alpha->item<double>() : 0.0;
 
@@ -378,14 +413,17 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
             strip_mm(o, s, own_gemm ? at::Tensor() : Vt[b], own_gemm ? Vpacked[b] : at::Tensor());
             // Normalised, gated and written to the outputs while o is still in cache.
             const int64_t at_i0 = b * C * N + i0, at_i0_pre = b * Cp * N + i0;
-            with_output_type<scalar_t>(bf16_out, [&](auto out_type) {
-              using O = decltype(out_type);
-              gated_outputs_strip<scalar_t, O>(
-                  o.data_ptr<scalar_t>(), o.stride(0), rows, l, C, Cp, N, static_cast<scalar_t>(gam),
-                  static_cast<scalar_t>(alp), xf.data_ptr<scalar_t>() + at_i0,
-                  g.has_pre ? pf.data_ptr<scalar_t>() + at_i0_pre : nullptr,
-                  g.has_pre ? mf.data_ptr<scalar_t>() + b * N + i0 : nullptr, y.data_ptr<O>() + at_i0,
-                  sa.data_ptr<O>() + at_i0, cf.data_ptr<O>() + at_i0_pre, ca.data_ptr<O>() + at_i0_pre);
+            with_storage_type<scalar_t>(bf16_in, [&](auto in_type) {
+              using I = decltype(in_type);
+              with_storage_type<scalar_t>(bf16_out, [&](auto out_type) {
+                using O = decltype(out_type);
+                gated_outputs_strip<scalar_t, I, O>(
+                    o.data_ptr<scalar_t>(), o.stride(0), rows, l, C, Cp, N, static_cast<scalar_t>(gam),
+                    static_cast<scalar_t>(alp), xf.data_ptr<I>() + at_i0,
+                    g.has_pre ? pf.data_ptr<I>() + at_i0_pre : nullptr,
+                    g.has_pre ? mf.data_ptr<I>() + b * N + i0 : nullptr, y.data_ptr<O>() + at_i0,
+                    sa.data_ptr<O>() + at_i0, cf.data_ptr<O>() + at_i0_pre, ca.data_ptr<O>() + at_i0_pre);
+              });
             });
             scalar_t* lse_rows = lse[b].data_ptr<scalar_t>() + i0;
             for (int64_t r = 0; r < rows; ++r) lse_rows[r] = mx[r] + std::log(l[r]);
@@ -426,9 +464,15 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
   const double gam = gamma.item<double>();
 
   const at::Tensor Q = flat_padded(q, opts);  // (B, Cq, N)
-  const at::Tensor dy = flat(grad_y, acc);  // (B, C, N)
-  const at::Tensor xf = flat(x, acc);
-  const at::Tensor saf = flat(sa, acc);
+  // The inputs the passes over positions (and strip_gemm's value packing) read, channel-major
+  // (B, ch, N): as they are when all are bfloat16 (converted as read), else in the compute dtype.
+  const bool bf16_in = all_bfloat16({grad_y, x, sa, or_undefined(pre), or_undefined(mask),
+                                     g.has_pre ? ca : at::Tensor(), has_grad_cf ? grad_cf : at::Tensor()});
+  const auto in_dtype = bf16_in ? at::kBFloat16 : acc;
+  const auto in_opts = x.options().dtype(in_dtype);
+  const at::Tensor dy = flat(grad_y, in_dtype);
+  const at::Tensor xf = flat(x, in_dtype);
+  const at::Tensor saf = flat(sa, in_dtype);
 
   // The probabilities are recomputed as P = exp(E - lse).
   const at::Tensor lse_f = lse.to(acc).reshape({B, N}).contiguous();
@@ -438,10 +482,10 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
   const double alp = g.has_pre ? alpha->item<double>() : 0.0;
   at::Tensor V, pf, caf, m, dcf;
   if (g.has_pre) {
-    pf = flat(*pre, acc);
-    caf = flat(ca, acc);
-    m = flat(*mask, acc);
-    dcf = has_grad_cf ? flat(grad_cf, acc) : at::zeros({B, Cp, N}, opts);
+    pf = flat(*pre, in_dtype);
+    caf = flat(ca, in_dtype);
+    m = flat(*mask, in_dtype);
+    dcf = has_grad_cf ? flat(grad_cf, in_dtype) : at::zeros({B, Cp, N}, in_opts);
     if (!own_gemm) {
       V = padded_rows(B, Ctot, N, opts);
       V.narrow(1, 0, C).copy_(xf);
@@ -453,7 +497,7 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
   // Position-major operands of the strip-side products (see the top of the file): q, and the
   // upstream gradients dA of the un-gated outputs in the channel layout of V.
   const at::Tensor Qt = flat_t(q, acc);                            // (B, N, Cq)
-  const at::Tensor dAt = upstream_grads_t(dy, dcf, m, gam, alp);  // (B, N, Ctot)
+  const at::Tensor dAt = upstream_grads_t(dy, dcf, m, gam, alp, acc);  // (B, N, Ctot)
 
   // The query-side term of dq, (dS Q^T)_I for the strip's rows I, is a block of rows of dq_rows
   // (B, N, Cq); the key-side term Q_I dS touches every position of dq and, like the values'
@@ -606,25 +650,28 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
   at::Tensor grad_mask = at::empty({g.has_pre ? B : 0, 1, H, W}, out_opts);
   std::vector<GateGradTerms> terms(B * grad_tiles(N));
   AT_DISPATCH_FLOATING_TYPES(acc, "short_long_attention_bwd_cpu_grads", [&] {
-    with_output_type<scalar_t>(bf16_out, [&](auto out_type) {
-      using O = decltype(out_type);
-      const auto pre_side = [&](const at::Tensor& t, int64_t b, int64_t ch) {
-        return g.has_pre ? t.data_ptr<scalar_t>() + b * ch * N : nullptr;
-      };
-      const auto pre_out = [&](at::Tensor& t, int64_t b, int64_t ch) {
-        return g.has_pre ? t.data_ptr<O>() + b * ch * N : nullptr;
-      };
-      for_each_grad_tile(B, N, [&](int64_t b, int64_t p0, int64_t rows, int64_t t) {
-        const AttentionGradsImage<scalar_t, O> im{
-            dy.data_ptr<scalar_t>() + b * C * N, saf.data_ptr<scalar_t>() + b * C * N, pre_side(dcf, b, Cp),
-            pre_side(pf, b, Cp), pre_side(caf, b, Cp), pre_side(m, b, 1),
-            dq_cm[b].data_ptr<scalar_t>(), dq_cm.stride(2), dq_cm.stride(1),
-            dv_cm[b].data_ptr<scalar_t>(), dv_cm.stride(2), dv_cm.stride(1),
-            dq_rows[b].data_ptr<scalar_t>(),
-            grad_q.data_ptr<O>() + b * Cq * N, grad_x.data_ptr<O>() + b * C * N, pre_out(grad_pre, b, Cp),
-            pre_out(grad_mask, b, 1),
-            Cq, C, Cp, N, static_cast<scalar_t>(scale), static_cast<scalar_t>(alp)};
-        terms[t] = attention_grads_tile(im, p0, rows);
+    with_storage_type<scalar_t>(bf16_in, [&](auto in_type) {
+      using I = decltype(in_type);
+      with_storage_type<scalar_t>(bf16_out, [&](auto out_type) {
+        using O = decltype(out_type);
+        const auto pre_in = [&](const at::Tensor& t, int64_t b, int64_t ch) {
+          return g.has_pre ? t.data_ptr<I>() + b * ch * N : nullptr;
+        };
+        const auto pre_out = [&](at::Tensor& t, int64_t b, int64_t ch) {
+          return g.has_pre ? t.data_ptr<O>() + b * ch * N : nullptr;
+        };
+        for_each_grad_tile(B, N, [&](int64_t b, int64_t p0, int64_t rows, int64_t t) {
+          const AttentionGradsImage<scalar_t, I, O> im{
+              dy.data_ptr<I>() + b * C * N, saf.data_ptr<I>() + b * C * N, pre_in(dcf, b, Cp),
+              pre_in(pf, b, Cp), pre_in(caf, b, Cp), pre_in(m, b, 1),
+              dq_cm[b].data_ptr<scalar_t>(), dq_cm.stride(2), dq_cm.stride(1),
+              dv_cm[b].data_ptr<scalar_t>(), dv_cm.stride(2), dv_cm.stride(1),
+              dq_rows[b].data_ptr<scalar_t>(),
+              grad_q.data_ptr<O>() + b * Cq * N, grad_x.data_ptr<O>() + b * C * N, pre_out(grad_pre, b, Cp),
+              pre_out(grad_mask, b, 1),
+              Cq, C, Cp, N, static_cast<scalar_t>(scale), static_cast<scalar_t>(alp)};
+          terms[t] = attention_grads_tile(im, p0, rows);
+        });
       });
     });
   });

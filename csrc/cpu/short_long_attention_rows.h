@@ -89,36 +89,37 @@ IPF_MULTIVERSION void softmax_strip(T* __restrict s, int64_t rows, int64_t n, in
 // and cf point at the strip's first position of channel 0, mask at its first position. cf is
 // evaluated as written so that visible pixels (m = 1) return pre bit for bit and holes (m = 0)
 // exactly alpha * ca, as in the reference. Each output row is written once, contiguously; o (in
-// L2 after the product) is read across its rows. Outputs are computed in T and rounded once to O
-// (T, or bfloat16 for bfloat16 inputs).
-template <typename T, typename O>
+// L2 after the product) is read across its rows. x, pre and mask are read in I, outputs computed in
+// T and rounded once to O (I and O: T, or bfloat16 for bfloat16 inputs).
+template <typename T, typename I, typename O>
 IPF_MULTIVERSION void gated_outputs_strip(const T* __restrict o, int64_t ldo, int64_t rows,
                                           const T* __restrict row_sum, int64_t C, int64_t Cp, int64_t n, T gamma,
-                                          T alpha, const T* __restrict x, const T* __restrict pre,
-                                          const T* __restrict mask, O* __restrict y, O* __restrict sa,
+                                          T alpha, const I* __restrict x, const I* __restrict pre,
+                                          const I* __restrict mask, O* __restrict y, O* __restrict sa,
                                           O* __restrict cf, O* __restrict ca) {
   for (int64_t c = 0; c < C; ++c) {
     const T* __restrict oc = o + c;
-    const T* __restrict xc = x + c * n;
+    const I* __restrict xc = x + c * n;
     O* __restrict yc = y + c * n;
     O* __restrict sc = sa + c * n;
     IPF_IVDEP
     for (int64_t r = 0; r < rows; ++r) {
       const T s = oc[r * ldo] / row_sum[r];
       sc[r] = static_cast<O>(s);
-      yc[r] = static_cast<O>(xc[r] + gamma * s);
+      yc[r] = static_cast<O>(static_cast<T>(xc[r]) + gamma * s);
     }
   }
   for (int64_t c = 0; c < Cp; ++c) {
     const T* __restrict oc = o + C + c;
-    const T* __restrict pc = pre + c * n;
+    const I* __restrict pc = pre + c * n;
     O* __restrict fc = cf + c * n;
     O* __restrict ac = ca + c * n;
     IPF_IVDEP
     for (int64_t r = 0; r < rows; ++r) {
       const T s = oc[r * ldo] / row_sum[r];
       ac[r] = static_cast<O>(s);
-      fc[r] = static_cast<O>(mask[r] * pc[r] + (T(1) - mask[r]) * (alpha * s));
+      const T m = static_cast<T>(mask[r]);
+      fc[r] = static_cast<O>(m * static_cast<T>(pc[r]) + (T(1) - m) * (alpha * s));
     }
   }
 }
@@ -153,23 +154,24 @@ constexpr int64_t kGradTileRows = 32;
 // dA = [gamma * dy; dcf * ((1 - m) * alpha)], for `rows` <= kGradTileRows positions of one image,
 // written position-major (rows x (C + Cp), row stride C + Cp: the layout the strip products read)
 // from the channel-major dy (C channels) and dcf (Cp channels) at channel stride n. dy, dcf and mask
-// point at the tile's first position; dcf and mask are not read when Cp = 0.
-template <typename T>
-IPF_MULTIVERSION void upstream_grads_tile(const T* __restrict dy, const T* __restrict dcf,
-                                          const T* __restrict mask, int64_t rows, int64_t C, int64_t Cp,
+// point at the tile's first position; dcf and mask are not read when Cp = 0. They are read in I (T,
+// or bfloat16 for bfloat16 inputs) and computed in T.
+template <typename T, typename I>
+IPF_MULTIVERSION void upstream_grads_tile(const I* __restrict dy, const I* __restrict dcf,
+                                          const I* __restrict mask, int64_t rows, int64_t C, int64_t Cp,
                                           int64_t n, T gamma, T alpha, T* __restrict dat) {
   const int64_t ld = C + Cp;
   for (int64_t c = 0; c < C; ++c) {
-    const T* __restrict src = dy + c * n;
+    const I* __restrict src = dy + c * n;
     IPF_IVDEP
-    for (int64_t r = 0; r < rows; ++r) dat[r * ld + c] = gamma * src[r];
+    for (int64_t r = 0; r < rows; ++r) dat[r * ld + c] = gamma * static_cast<T>(src[r]);
   }
   T hole[kGradTileRows];
-  for (int64_t r = 0; r < rows && Cp > 0; ++r) hole[r] = (T(1) - mask[r]) * alpha;
+  for (int64_t r = 0; r < rows && Cp > 0; ++r) hole[r] = (T(1) - static_cast<T>(mask[r])) * alpha;
   for (int64_t c = 0; c < Cp; ++c) {
-    const T* __restrict src = dcf + c * n;
+    const I* __restrict src = dcf + c * n;
     IPF_IVDEP
-    for (int64_t r = 0; r < rows; ++r) dat[r * ld + C + c] = src[r] * hole[r];
+    for (int64_t r = 0; r < rows; ++r) dat[r * ld + C + c] = static_cast<T>(src[r]) * hole[r];
   }
 }
 
@@ -177,10 +179,10 @@ IPF_MULTIVERSION void upstream_grads_tile(const T* __restrict dy, const T* __res
 // outputs are channel-major at channel stride n; the key-side sums dq (Cq channels) and dv (C + Cp)
 // are read at element (position p, channel c) = p * pos + c * ch (position-major on strip_gemm,
 // channel-major on BLAS), the query-side rows dq_rows position-major (n x Cq). The pre-side
-// pointers are null without pre.
-template <typename T, typename O>
+// pointers are null without pre. The inputs are read in I (T, or bfloat16 for bfloat16 inputs).
+template <typename T, typename I, typename O>
 struct AttentionGradsImage {
-  const T *dy, *sa, *dcf, *pre, *ca, *mask;
+  const I *dy, *sa, *dcf, *pre, *ca, *mask;
   const T* dq;
   int64_t dq_pos, dq_ch;
   const T* dv;
@@ -202,8 +204,9 @@ struct GateGradTerms {
 // tile's terms of grad_gamma = sum dy * sa and grad_alpha = sum dcf * (1 - m) * ca. Every
 // accumulation runs over channels for each position at once (per-position accumulators), so the
 // loops vectorise and the sums do not depend on the clone that runs.
-template <typename T, typename O>
-IPF_MULTIVERSION GateGradTerms attention_grads_tile(const AttentionGradsImage<T, O>& im, int64_t p0, int64_t rows) {
+template <typename T, typename I, typename O>
+IPF_MULTIVERSION GateGradTerms attention_grads_tile(const AttentionGradsImage<T, I, O>& im, int64_t p0,
+                                                    int64_t rows) {
   const int64_t n = im.n;
   for (int64_t c = 0; c < im.Cq; ++c) {
     const T* __restrict keys = im.dq + p0 * im.dq_pos + c * im.dq_ch;
@@ -214,33 +217,36 @@ IPF_MULTIVERSION GateGradTerms attention_grads_tile(const AttentionGradsImage<T,
   }
   double g_terms[kGradTileRows] = {};
   for (int64_t c = 0; c < im.C; ++c) {
-    const T* __restrict dy = im.dy + c * n + p0;
-    const T* __restrict sa = im.sa + c * n + p0;
+    const I* __restrict dy = im.dy + c * n + p0;
+    const I* __restrict sa = im.sa + c * n + p0;
     const T* __restrict dv = im.dv + p0 * im.dv_pos + c * im.dv_ch;
     O* __restrict out = im.grad_x + c * n + p0;
     IPF_IVDEP
     for (int64_t r = 0; r < rows; ++r) {
-      out[r] = static_cast<O>(dy[r] + dv[r * im.dv_pos]);
-      g_terms[r] += static_cast<double>(dy[r] * sa[r]);
+      const T g = static_cast<T>(dy[r]);
+      out[r] = static_cast<O>(g + dv[r * im.dv_pos]);
+      g_terms[r] += static_cast<double>(g * static_cast<T>(sa[r]));
     }
   }
   GateGradTerms terms;
   for (int64_t r = 0; r < rows; ++r) terms.gamma += g_terms[r];
   if (im.Cp == 0) return terms;
 
-  const T* __restrict m = im.mask + p0;
+  T m[kGradTileRows];
+  for (int64_t r = 0; r < rows; ++r) m[r] = static_cast<T>(im.mask[p0 + r]);
   double a_terms[kGradTileRows] = {}, m_terms[kGradTileRows] = {};
   for (int64_t c = 0; c < im.Cp; ++c) {
-    const T* __restrict dcf = im.dcf + c * n + p0;
-    const T* __restrict pre = im.pre + c * n + p0;
-    const T* __restrict ca = im.ca + c * n + p0;
+    const I* __restrict dcf = im.dcf + c * n + p0;
+    const I* __restrict pre = im.pre + c * n + p0;
+    const I* __restrict ca = im.ca + c * n + p0;
     const T* __restrict dv = im.dv + p0 * im.dv_pos + (im.C + c) * im.dv_ch;
     O* __restrict out = im.grad_pre + c * n + p0;
     IPF_IVDEP
     for (int64_t r = 0; r < rows; ++r) {
-      out[r] = static_cast<O>(m[r] * dcf[r] + dv[r * im.dv_pos]);
-      a_terms[r] += static_cast<double>(dcf[r] * (T(1) - m[r]) * ca[r]);
-      m_terms[r] += static_cast<double>(dcf[r] * (pre[r] - ca[r] * im.alpha));
+      const T g = static_cast<T>(dcf[r]), a = static_cast<T>(ca[r]);
+      out[r] = static_cast<O>(m[r] * g + dv[r * im.dv_pos]);
+      a_terms[r] += static_cast<double>(g * (T(1) - m[r]) * a);
+      m_terms[r] += static_cast<double>(g * (static_cast<T>(pre[r]) - a * im.alpha));
     }
   }
   for (int64_t r = 0; r < rows; ++r) {

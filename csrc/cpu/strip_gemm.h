@@ -31,6 +31,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "avx2_kernels.h"
@@ -50,16 +51,23 @@ inline int64_t strip_gemm_packed_size(int64_t k, int64_t n) {
 
 // Panel p of the packed form of B (k x n) given by its rows: the panels hold kStripGemmNr columns
 // each, panel p holding B[:, p*Nr : p*Nr + Nr] as k rows of Nr contiguous floats; the last panel's
-// missing columns are zero. row(kk) points at B[kk, :], n contiguous floats (rows may come from
-// different tensors). The panels are independent, so callers may pack them in parallel.
+// missing columns are zero. row(kk) points at B[kk, :], n contiguous elements (rows may come from
+// different tensors) of float or of a type that converts to it (bfloat16: converted as packed).
+// The panels are independent, so callers may pack them in parallel.
 template <typename RowPtr>
 inline void strip_gemm_pack_b_panel_from_rows(RowPtr row, int64_t k, int64_t n, int64_t p, float* packed) {
+  using E = std::remove_cv_t<std::remove_pointer_t<decltype(row(0))>>;
   constexpr int64_t nr = kStripGemmNr;
   const int64_t j0 = p * nr;
   const int64_t w = std::min(nr, n - j0);
   float* dst = packed + j0 * k;
   for (int64_t kk = 0; kk < k; ++kk) {
-    std::memcpy(dst + kk * nr, row(kk) + j0, w * sizeof(float));
+    if constexpr (std::is_same_v<E, float>) {
+      std::memcpy(dst + kk * nr, row(kk) + j0, w * sizeof(float));
+    } else {
+      const E* src = row(kk) + j0;
+      for (int64_t jj = 0; jj < w; ++jj) dst[kk * nr + jj] = static_cast<float>(src[jj]);
+    }
     std::fill(dst + kk * nr + w, dst + kk * nr + nr, 0.0f);
   }
 }
@@ -81,19 +89,20 @@ inline void strip_gemm_pack_b(const float* b, int64_t ldb, int64_t k, int64_t n,
 }
 
 // Panel p of the packed form (as strip_gemm_pack_b writes it) of a k x n matrix B given by its
-// columns: column(j) points at B[:, j], k contiguous floats (a row of B's transpose, such as one
-// channel of a channel-major tensor). Packs without a transposed copy of B; the panels are
-// independent, so callers may pack them in parallel.
+// columns: column(j) points at B[:, j], k contiguous elements (a row of B's transpose, such as one
+// channel of a channel-major tensor) of float or of a type that converts to it. Packs without a
+// transposed copy of B; the panels are independent, so callers may pack them in parallel.
 template <typename ColumnPtr>
 inline void strip_gemm_pack_b_panel_from_columns(ColumnPtr column, int64_t k, int64_t n, int64_t p, float* packed) {
+  using E = std::remove_cv_t<std::remove_pointer_t<decltype(column(0))>>;
   constexpr int64_t nr = kStripGemmNr;
   const int64_t j0 = p * nr;
   const int64_t w = std::min(nr, n - j0);
-  const float* src[kStripGemmNr];
+  const E* src[kStripGemmNr];
   for (int64_t jj = 0; jj < w; ++jj) src[jj] = column(j0 + jj);
   float* dst = packed + j0 * k;
   for (int64_t kk = 0; kk < k; ++kk) {
-    for (int64_t jj = 0; jj < w; ++jj) dst[kk * nr + jj] = src[jj][kk];
+    for (int64_t jj = 0; jj < w; ++jj) dst[kk * nr + jj] = static_cast<float>(src[jj][kk]);
     for (int64_t jj = w; jj < nr; ++jj) dst[kk * nr + jj] = 0.0f;
   }
 }
