@@ -512,20 +512,24 @@ IPF_MULTIVERSION void conv_bwd_row(const T* a_up, const T* a_mid, const T* a_dow
       for (int j = 0; j < 6; ++j) acc_p[m * 6 + j] += static_cast<double>(reduce_lanes(lanes[j]) + tail[j]);
     }
   }
-  // u = W1D^T g1 in chunks of kChunk pixels, so that the six accumulators stay in registers across
-  // m (one FMA per channel and input instead of a load-FMA-store on six rows).
+  // u = W1D^T g1 in chunks of kChunk pixels, three inputs at a time, so that the accumulators stay
+  // in registers across m (one FMA per channel and input instead of a load-FMA-store on six rows).
+  // All six inputs at once need 12 ymm accumulators, 6 broadcasts and the g1 loads: more than the
+  // 16 ymm registers of AVX2, and the compiler spilled the accumulators to the stack.
   constexpr int kChunk = 16;
   int64_t x0 = 0;
   for (; x0 + kChunk <= w; x0 += kChunk) {
-    T uacc[6][kChunk] = {};
-    for (int64_t m = 0; m < Cm; ++m) {
-      const T* __restrict gm = g + m * w + x0;
-      const T* kd = W1D + m * 6;
-      for (int l = 0; l < kChunk; ++l)
-        for (int j = 0; j < 6; ++j) uacc[j][l] += kd[j] * gm[l];
+    for (int j0 = 0; j0 < 6; j0 += 3) {
+      T uacc[3][kChunk] = {};
+      for (int64_t m = 0; m < Cm; ++m) {
+        const T* __restrict gm = g + m * w + x0;
+        const T* kd = W1D + m * 6 + j0;
+        for (int l = 0; l < kChunk; ++l)
+          for (int j = 0; j < 3; ++j) uacc[j][l] += kd[j] * gm[l];
+      }
+      for (int j = 0; j < 3; ++j)
+        for (int l = 0; l < kChunk; ++l) u[(j0 + j) * w + x0 + l] = uacc[j][l];
     }
-    for (int j = 0; j < 6; ++j)
-      for (int l = 0; l < kChunk; ++l) u[j * w + x0 + l] = uacc[j][l];
   }
   for (; x0 < w; ++x0) {
     T uacc[6] = {};
