@@ -144,6 +144,27 @@ def test_cpu_bfloat16_gradients_are_the_float32_results_rounded_once(with_pre):
                                  f"result rounded")
 
 
+def test_cpu_forward_does_not_depend_on_the_threads():
+    """The cpu forward's strips go to whichever thread is free: every output bit must be the same on
+    1, 2 and 3 threads, and from call to call (9 strips of 64 rows, so the threads share them)."""
+    fwd = kernel_op("short_long_attention", "cpu", "fwd")
+    inputs = attention_sample_inputs((2, 8, 12, 20, 24, 24), torch.float32, with_pre=True)
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for n in (1, 2, 3, 2):
+            torch.set_num_threads(n)
+            results.setdefault(n, []).append(fwd(*inputs, 1.0))
+    finally:
+        torch.set_num_threads(threads)
+    want = results[1][0]
+    for n, runs in results.items():
+        for got in runs:
+            for name, a, b in zip(["y", "cf", "sa", "ca", "lse"], got, want):
+                mismatched = (a != b).sum().item()
+                assert mismatched == 0, f"{name} on {n} threads: {mismatched} of {a.numel()} elements differ from 1 thread"
+
+
 def test_cpu_gemm_choice_is_checked(monkeypatch):
     monkeypatch.setenv("INPAINT_FAST_CPU_GEMM", "mkl")
     inputs = attention_sample_inputs((1, 2, 3, 0, 2, 3), torch.float32, with_pre=False)

@@ -41,6 +41,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <initializer_list>
 #include <optional>
@@ -383,9 +384,11 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
     const at::Tensor Vpacked = own_gemm ? pack_vt_for_strip_mm(xf, pf) : at::Tensor();
     const at::Tensor Vt = own_gemm ? at::Tensor() : g.has_pre ? cat_t(x, *pre, acc) : flat_t(x, acc);  // (B, N, Ctot)
 
-    // One chunk per thread with a fixed item range, so the work split (and every result bit)
-    // does not depend on how the backend schedules chunks onto threads. Strips are independent
-    // in the forward, so (image, strip) pairs are spread over the chunks freely.
+    // One chunk (with its scratch) per thread. Strips are independent in the forward and each is
+    // computed the same way whichever chunk takes it, so the chunks take (image, strip) items from
+    // a shared counter as they finish: a thread slowed down (by a busy core, say) takes fewer,
+    // instead of the others waiting for its fixed share. Results do not depend on the split.
+    std::atomic<int64_t> next_item{0};
     AT_DISPATCH_FLOATING_TYPES(acc, "short_long_attention_fwd_cpu", [&] {
       const scalar_t sc = static_cast<scalar_t>(scale);
       at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
@@ -396,8 +399,8 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
         for (int64_t c = cbegin; c < cend; ++c) {
           scalar_t* mx = row_stats[c][0].data_ptr<scalar_t>();
           scalar_t* l = row_stats[c][1].data_ptr<scalar_t>();
-          for (int64_t it = split_point(items, nchunks, c); it < split_point(items, nchunks, c + 1);
-               ++it) {
+          for (int64_t it = next_item.fetch_add(1, std::memory_order_relaxed); it < items;
+               it = next_item.fetch_add(1, std::memory_order_relaxed)) {
             const int64_t b = it / nblk;
             const int64_t i0 = (it % nblk) * BM;
             const int64_t rows = std::min(BM, N - i0);
