@@ -40,6 +40,29 @@ def _ours(backend):
     return lambda *a, **kw: inpaint_fast.fusion_block(*a, **kw, backend=backend)
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_cpu_results_do_not_depend_on_the_threads(training):
+    """The cpu kernels sum every reduction per block of rows, whichever thread ran it: outputs,
+    gradients and running statistics must be bitwise the same on 1, 2 and 3 threads and from call
+    to call (67 rows: 9 blocks an image, the last one short)."""
+    feat, image, params = fusion_sample_inputs((2, 5, 67, 23, 67, 23, 3), torch.float32)
+    grads = fusion_upstream(feat, 3, torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 3, 2):
+            torch.set_num_threads(n)
+            outs, in_grads, stats = fusion_run(_ours("cpu"), feat, image, params, training, grads)
+            runs.append((n, outs + in_grads + stats))
+    finally:
+        torch.set_num_threads(threads)
+    want = runs[0][1]
+    for n, got in runs[1:]:
+        for name, a, b in zip(FUSION_RESULTS, got, want):
+            mismatched = (a != b).sum().item()
+            assert mismatched == 0, f"{name} on {n} threads: {mismatched} of {a.numel()} elements differ from 1 thread"
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-c{}-{}x{}-from{}x{}-A{}".format(*s))
