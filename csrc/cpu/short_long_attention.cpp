@@ -27,8 +27,10 @@
 // they are in cache (gated_outputs_strip).
 //
 // All arithmetic runs in accumulate_dtype (csrc/dtypes.h): float32 for float32 and bfloat16 inputs,
-// float64 for float64 inputs. bfloat16 inputs are converted once at entry; both directions write
-// their bfloat16 results from the float results directly.
+// float64 for float64 inputs. bfloat16 inputs are read as stored where a kernel reads them
+// channel-major (the row kernels and strip_gemm's value packing convert as they read; the
+// operands that are copied anyway, such as q, are converted in that copy), and both directions
+// write their bfloat16 results from the float results directly.
 //
 // The backward's O(N * channels) work around its strip products is two tiled passes over positions
 // (upstream_grads_tile, attention_grads_tile in short_long_attention_rows.h): the upstream
@@ -359,7 +361,7 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
   // The outputs, written strip by strip (gated_outputs_strip): in bfloat16 straight away when x
   // and pre are bfloat16 (the one rounding of the float result, as a conversion afterwards would
   // do), otherwise in the compute dtype and converted at the end.
-  const bool bf16_out = x.scalar_type() == at::kBFloat16 && (!g.has_pre || pre->scalar_type() == at::kBFloat16);
+  const bool bf16_out = all_bfloat16({x, or_undefined(pre)});
   const auto out_opts = bf16_out ? x.options() : opts;
   at::Tensor y = at::empty({B, C, H, W}, out_opts), sa = at::empty({B, C, H, W}, out_opts);
   at::Tensor cf = at::empty({B, Cp, H, W}, out_opts), ca = at::empty({B, Cp, H, W}, out_opts);
@@ -644,8 +646,7 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
   // bfloat16 straight away when every input that has a gradient here is bfloat16.
   const at::Tensor dq_cm = own_gemm ? dq.transpose(1, 2) : dq;  // (B, Cq, N)
   const at::Tensor dv_cm = own_gemm ? dv.transpose(1, 2) : dv;  // (B, Ctot, N)
-  const auto is_bf16 = [](const at::Tensor& t) { return t.scalar_type() == at::kBFloat16; };
-  const bool bf16_out = is_bf16(q) && is_bf16(x) && (!g.has_pre || (is_bf16(*pre) && is_bf16(*mask)));
+  const bool bf16_out = all_bfloat16({q, x, or_undefined(pre), or_undefined(mask)});
   const auto out_opts = bf16_out ? x.options() : opts;
   at::Tensor grad_q = at::empty({B, Cq, H, W}, out_opts);
   at::Tensor grad_x = at::empty({B, C, H, W}, out_opts);
