@@ -44,9 +44,14 @@ constexpr int kStripGemmMr = 6;
 constexpr int kStripGemmNr = 16;
 constexpr int64_t kStripGemmKc = 256;
 
+// Panels of the packed form of a k x n matrix (kStripGemmNr columns each).
+inline int64_t strip_gemm_panels(int64_t n) {
+  return (n + kStripGemmNr - 1) / kStripGemmNr;
+}
+
 // Floats of the packed form of a k x n matrix.
 inline int64_t strip_gemm_packed_size(int64_t k, int64_t n) {
-  return ((n + kStripGemmNr - 1) / kStripGemmNr) * kStripGemmNr * k;
+  return strip_gemm_panels(n) * kStripGemmNr * k;
 }
 
 // Panel p of the packed form of B (k x n) given by its rows: the panels hold kStripGemmNr columns
@@ -70,11 +75,6 @@ inline void strip_gemm_pack_b_panel_from_rows(RowPtr row, int64_t k, int64_t n, 
     }
     std::fill(dst + kk * nr + w, dst + kk * nr + nr, 0.0f);
   }
-}
-
-// Panels of the packed form of a k x n matrix.
-inline int64_t strip_gemm_panels(int64_t n) {
-  return (n + kStripGemmNr - 1) / kStripGemmNr;
 }
 
 // All panels of B (k x n) given by its rows (above).
