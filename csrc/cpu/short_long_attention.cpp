@@ -197,53 +197,33 @@ at::Tensor or_undefined(const std::optional<at::Tensor>& t) {
   return t.value_or(at::Tensor());
 }
 
-// Channel j of image b of the values V = [x; pre], from the channel-major inputs (B, C, N) and
-// (B, Cp, N) (pre null without it) stored as E (float or bfloat16): N contiguous elements, a row of
-// V and a column of V^T.
-template <typename E>
-struct ValueChannels {
-  const E* x;
-  const E* pre;
-  int64_t C, Cp, N;
-  const E* operator()(int64_t b, int64_t j) const {
-    return j < C ? x + (b * C + j) * N : pre + (b * Cp + j - C) * N;
-  }
-};
-
-// Packs with pack_panels the value operand of one direction of the strip products, from the
-// channel-major xf and pf (undefined without pre), float or bfloat16: pack_panel(values, b, p,
-// dst) with values a ValueChannels; `transposed` says whether the operand is V^T (N x (C + Cp))
-// rather than V.
-template <typename PackPanel>
-at::Tensor pack_values(const at::Tensor& xf, const at::Tensor& pf, bool transposed, const PackPanel& pack_panel) {
+// The values V = [x; pre] ((C + Cp) x N per image) packed for strip_gemm straight from the
+// channel-major xf (B, C, N) and pf (B, Cp, N; undefined without pre), float or bfloat16 (converted
+// as packed): as V^T (N x (C + Cp), the forward's P.V operand) when `transposed`, else as V (the
+// backward's dP = dA_I^T V operand). A channel of x or pre is a row of V and a column of V^T, so
+// both pack from the inputs' channels, without a position-major copy.
+at::Tensor pack_values(const at::Tensor& xf, const at::Tensor& pf, bool transposed) {
   TORCH_INTERNAL_ASSERT(xf.is_contiguous() && (!pf.defined() || (pf.is_contiguous() && pf.scalar_type() == xf.scalar_type())));
   const int64_t C = xf.size(1), Cp = pf.defined() ? pf.size(1) : 0, N = xf.size(2);
   at::Tensor packed;
   with_storage_type<float>(xf.scalar_type() == at::kBFloat16, [&](auto stored) {
     using E = decltype(stored);
-    TORCH_INTERNAL_ASSERT(xf.scalar_type() == c10::CppTypeToScalarType<E>::value);
-    const ValueChannels<E> v{xf.data_ptr<E>(), pf.defined() ? pf.data_ptr<E>() : nullptr, C, Cp, N};
-    packed = pack_panels(xf.size(0), transposed ? N : C + Cp, transposed ? C + Cp : N,
-                         xf.options().dtype(at::kFloat),
-                         [&](int64_t b, int64_t p, float* dst) { pack_panel(v, b, p, dst); });
+    const E* x = xf.data_ptr<E>();
+    const E* pre = pf.defined() ? pf.data_ptr<E>() : nullptr;
+    const auto opts = xf.options().dtype(at::kFloat);
+    packed = pack_panels(xf.size(0), transposed ? N : C + Cp, transposed ? C + Cp : N, opts,
+                         [&](int64_t b, int64_t p, float* dst) {
+                           const auto channel = [&](int64_t j) {
+                             return j < C ? x + (b * C + j) * N : pre + (b * Cp + j - C) * N;
+                           };
+                           if (transposed) {
+                             strip_gemm_pack_b_panel_from_columns(channel, N, C + Cp, p, dst);
+                           } else {
+                             strip_gemm_pack_b_panel_from_rows(channel, C + Cp, N, p, dst);
+                           }
+                         });
   });
   return packed;
-}
-
-// The forward's right-hand operand V^T (N x (C + Cp)), packed straight from the channel-major
-// inputs: no position-major copy.
-at::Tensor pack_vt_for_strip_mm(const at::Tensor& xf, const at::Tensor& pf) {
-  return pack_values(xf, pf, true, [](const auto& v, int64_t b, int64_t p, float* dst) {
-    strip_gemm_pack_b_panel_from_columns([&](int64_t j) { return v(b, j); }, v.N, v.C + v.Cp, p, dst);
-  });
-}
-
-// The backward's right-hand operand V ((C + Cp) x N) of dP = dA_I^T V, packed straight from the
-// channel-major inputs.
-at::Tensor pack_v_for_strip_mm(const at::Tensor& xf, const at::Tensor& pf) {
-  return pack_values(xf, pf, false, [](const auto& v, int64_t b, int64_t p, float* dst) {
-    strip_gemm_pack_b_panel_from_rows([&](int64_t j) { return v(b, j); }, v.C + v.Cp, v.N, p, dst);
-  });
 }
 
 // out = a @ b for a product of a strip (unit column strides): on strip_gemm against b's packed form
@@ -383,7 +363,7 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
     // (the keys, the values): on strip_gemm (see the top), packed once per image, the values
     // straight from the channel-major inputs; BLAS reads the values as one position-major copy.
     const at::Tensor Qpacked = own_gemm ? pack_for_strip_mm(Q) : at::Tensor();
-    const at::Tensor Vpacked = own_gemm ? pack_vt_for_strip_mm(xf, pf) : at::Tensor();
+    const at::Tensor Vpacked = own_gemm ? pack_values(xf, pf, /*transposed=*/true) : at::Tensor();
     const at::Tensor Vt = own_gemm ? at::Tensor() : g.has_pre ? cat_t(x, *pre, acc) : flat_t(x, acc);  // (B, N, Ctot)
 
     // One chunk (with its scratch) per thread. Strips are independent in the forward and each is
@@ -546,7 +526,7 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
     // than MKL's, measured (AVX2 EPYC, two threads, alternated call by call: backward 1.05-1.08x
     // faster than all products on BLAS, against 1.09-1.10x with the key-side products on BLAS).
     const at::Tensor Qpacked = own_gemm ? pack_for_strip_mm(Q) : at::Tensor();
-    const at::Tensor Vpacked = own_gemm ? pack_v_for_strip_mm(xf, pf) : at::Tensor();
+    const at::Tensor Vpacked = own_gemm ? pack_values(xf, pf, /*transposed=*/false) : at::Tensor();
     const at::Tensor Qtpacked = own_gemm ? pack_for_strip_mm(Qt) : at::Tensor();
 
     AT_DISPATCH_FLOATING_TYPES(acc, "short_long_attention_bwd_cpu", [&] {

@@ -67,12 +67,8 @@ inline void strip_gemm_pack_b_panel_from_rows(RowPtr row, int64_t k, int64_t n, 
   const int64_t w = std::min(nr, n - j0);
   float* dst = packed + j0 * k;
   for (int64_t kk = 0; kk < k; ++kk) {
-    if constexpr (std::is_same_v<E, float>) {
-      std::memcpy(dst + kk * nr, row(kk) + j0, w * sizeof(float));
-    } else {
-      const E* src = row(kk) + j0;
-      for (int64_t jj = 0; jj < w; ++jj) dst[kk * nr + jj] = static_cast<float>(src[jj]);
-    }
+    const E* src = row(kk) + j0;
+    for (int64_t jj = 0; jj < w; ++jj) dst[kk * nr + jj] = static_cast<float>(src[jj]);
     std::fill(dst + kk * nr + w, dst + kk * nr + nr, 0.0f);
   }
 }
