@@ -69,15 +69,17 @@ def test_matches_reference(backend, dtype, shape, with_pre):
                                summed_terms=gate_grad_terms(name, shape))
 
 
-@pytest.mark.parametrize("gemm", ["blas", "strip"])
+@pytest.mark.parametrize("gemm", ["blas", "strip-avx2", "strip-avx512"])
 @pytest.mark.parametrize("with_pre", [True, False], ids=["pre", "self"])
 @pytest.mark.parametrize("shape", [(1, 8, 12, 20, 25, 41), (3, 4, 12, 6, 1, 7)], ids=["B1-N1025", "B3-N7"])
 def test_cpu_gemm_choices_match_reference(gemm, with_pre, shape, monkeypatch):
-    """Both GEMMs of the cpu backend's float strip products (INPAINT_FAST_CPU_GEMM, the default
-    picks one per CPU): N = 1025 runs the register-tiled kernel past its 256-deep k block with a
-    tail, and C + Cp = 12 (self) leaves a partial 16-column panel; one image's strips are split over
-    the threads there, while B = 3 images of one strip each are processed one image per thread
-    (the backward's other work split), with tiles of fewer rows than the 6-row tile."""
+    """Every GEMM of the cpu backend's float strip products (INPAINT_FAST_CPU_GEMM, the default
+    picks one per CPU; a set of tiles the CPU cannot run is skipped, saying so): N = 1025 runs the
+    register-tiled kernels past their 256-deep k block with a tail; C + Cp = 12 (self) and Cq = 8
+    leave a partial 16-column panel, C + Cp = 32 (pre) is one whole 32-column pair of the AVX-512
+    tiles and 18 (B3) a whole panel and a partial one after no pair; one image's strips are split over the threads there, while B = 3 images of one strip
+    each are processed one image per thread (the backward's other work split), with tiles of fewer
+    rows than the 6- and 14-row tiles."""
     monkeypatch.setenv("INPAINT_FAST_CPU_GEMM", gemm)
     dtype = torch.float32
     inputs = attention_sample_inputs(shape, dtype, with_pre)
@@ -86,7 +88,7 @@ def test_cpu_gemm_choices_match_reference(gemm, with_pre, shape, monkeypatch):
     try:
         ours, our_grads = attention_forward_backward(fn, inputs, grads)
     except RuntimeError as e:
-        if gemm == "strip" and "needs a CPU with AVX2 and FMA" in str(e):
+        if gemm.startswith("strip-") and f"INPAINT_FAST_CPU_GEMM={gemm} needs a CPU with" in str(e):
             pytest.skip(str(e))
         raise
     ref, ref_grads = attention_forward_backward(reference.short_long_attention, inputs, grads)
@@ -168,7 +170,7 @@ def test_cpu_forward_does_not_depend_on_the_threads():
 def test_cpu_gemm_choice_is_checked(monkeypatch):
     monkeypatch.setenv("INPAINT_FAST_CPU_GEMM", "mkl")
     inputs = attention_sample_inputs((1, 2, 3, 0, 2, 3), torch.float32, with_pre=False)
-    with pytest.raises(RuntimeError, match=r"INPAINT_FAST_CPU_GEMM=mkl: expected auto, blas or strip"):
+    with pytest.raises(RuntimeError, match=r"INPAINT_FAST_CPU_GEMM=mkl: expected auto, blas, strip, strip-avx2 or strip-avx512"):
         inpaint_fast.short_long_attention(*inputs, backend="cpu")
 
 

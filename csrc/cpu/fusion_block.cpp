@@ -328,7 +328,7 @@ std::vector<double> backward_conv_pass(const Shape& s, const HostParams& p, cons
           inc[(3 + j) * s.w + x] = static_cast<T>(xy.R[j * xy.cs + x] - mu[3 + j]);
         }
       bool g_given = false;
-#if IPF_AVX2_KERNELS
+#if IPF_X86_KERNELS
       if constexpr (std::is_same<T, float>::value) {
         if (avx2) {
           conv3x3_bwd_input_avx2<A>(d_up, d_mid, d_down, a_mid, W2.data(), slope, Cm, s.w, g.data());

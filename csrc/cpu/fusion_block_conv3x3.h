@@ -14,7 +14,7 @@
 // row-major order, one FMA each; the 8-pixel blocks and the scalar tail use the same order, so a
 // pixel's result does not depend on where it falls in the row.
 //
-// Instruction set: AVX2 + FMA; it runs by default where avx2_kernels_preferred() (csrc/cpu/avx2_kernels.h:
+// Instruction set: AVX2 + FMA; it runs by default where avx2_kernels_preferred() (csrc/cpu/isa.h:
 // AVX2 CPUs without AVX-512), as the strip GEMM does.
 //
 // Only fusion_block.cpp (and its C++ test) includes this header: the names keep internal linkage.
@@ -22,13 +22,13 @@
 
 #include <cstdint>
 
-#include "avx2_kernels.h"
+#include "isa.h"
 
 namespace inpaint_fast {
 namespace cpu {
 namespace {
 
-#if IPF_AVX2_KERNELS
+#if IPF_X86_KERNELS
 
 // The loop both directions share, MB x NV accumulators of 8 pixels, pixels [x0, x0 + 8 NV):
 //   acc[i][v] += sum_{j < J} sum_{dy, dx} W[i wi + j wj + 3 dy + dx] rows[dy][j ld + x0 + 8 v + col(dx)]
@@ -167,7 +167,7 @@ __attribute__((target("avx2,fma"))) void conv3x3_bwd_input_avx2(const float* d_u
   for (; m0 < Cm; ++m0) conv3x3_bwd_channels<A, 1>(drows, a_mid, W2, slope, Cm, m0, w, g);
 }
 
-#endif  // IPF_AVX2_KERNELS
+#endif  // IPF_X86_KERNELS
 
 }  // namespace
 }  // namespace cpu

@@ -178,7 +178,7 @@ class Z2Rows {
     const T* up = ring_.get(b, y - 1, fill);
     const T* mid = ring_.get(b, y, fill);
     const T* down = ring_.get(b, y + 1, fill);
-#if IPF_AVX2_KERNELS
+#if IPF_X86_KERNELS
     if constexpr (std::is_same<T, float>::value) {
       if (avx2_) {
         conv3x3_row_avx2<A>(up, mid, down, s_.Cm, s_.w, W2_, b2_, z2_.data());

@@ -10,9 +10,9 @@
 // GEMM, one strip per thread at a time: in float on AVX2 CPUs all of them run on the register-tiled
 // kernels of strip_gemm.h (those whose right-hand operand is the same for every strip of an image
 // against that operand packed once per image, the backward's key-side products transposed against
-// a strip's rows of a small operand packed per strip); in double, or on CPUs with AVX-512 or
-// without AVX2, they are BLAS calls on tensor views (inside at::parallel_for, MKL runs
-// single-threaded). The elementwise work between the GEMMs is done by fused row kernels
+// a strip's rows of a small operand packed per strip); in double, or by default on CPUs with
+// AVX-512 or without AVX2, they are BLAS calls on tensor views (inside at::parallel_for, MKL runs
+// single-threaded; strip_gemm's AVX-512 tiles are not faster than MKL there, strip_gemm_choice). The elementwise work between the GEMMs is done by fused row kernels
 // (short_long_attention_rows.h), row by row. Peak extra memory is therefore O(threads * rows * N)
 // for the strips, O(threads * N * (Cq + Ctot)) for the backward accumulators and O(B * N * (Cq +
 // Ctot)) for the packed operands, instead of the O(N^2) of the reference.
@@ -226,38 +226,57 @@ at::Tensor pack_values(const at::Tensor& xf, const at::Tensor& pf, bool transpos
   return packed;
 }
 
-// out = a @ b for a product of a strip (unit column strides): on strip_gemm against b's packed form
-// when one is given (float; b itself is then not read and may be undefined), else on BLAS.
-void strip_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& b_packed) {
-  if (!b_packed.defined()) {
+// out = a @ b for a product of a strip (unit column strides): on strip_gemm's `gemm` tiles against
+// b's packed form `b_packed` (float; b itself is then not read and may be undefined), or on BLAS
+// when `gemm` is nullopt.
+void strip_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& b_packed,
+              std::optional<StripGemmIsa> gemm) {
+  if (!gemm) {
     at::mm_out(out, a, b);
     return;
   }
   TORCH_INTERNAL_ASSERT((a.stride(1) == 1 || a.size(1) == 1) && (out.stride(1) == 1 || out.size(1) == 1));
-  strip_gemm(a.data_ptr<float>(), a.stride(0), a.size(0), a.size(1), b_packed.data_ptr<float>(), out.size(1),
+  strip_gemm(*gemm, a.data_ptr<float>(), a.stride(0), a.size(0), a.size(1), b_packed.data_ptr<float>(), out.size(1),
              out.data_ptr<float>(), out.stride(0));
 }
 
-// Whether this call's float products run on strip_gemm. INPAINT_FAST_CPU_GEMM, read at every call
-// (a comparison switch, like INPAINT_FAST_CUDA_SIMT): unset or "auto" for the default
-// (avx2_kernels_preferred: AVX2 CPUs without AVX-512), "blas" for BLAS everywhere, "strip" for
-// strip_gemm wherever it can run.
-bool use_strip_gemm(const char* op, at::ScalarType acc) {
+// Which GEMM runs this call's float strip products: strip_gemm's tiles of an instruction set, or
+// BLAS (nullopt; always for double). INPAINT_FAST_CPU_GEMM, read at every call (a comparison
+// switch, like INPAINT_FAST_CUDA_SIMT): unset or "auto" for the default (the AVX2 tiles on AVX2 CPUs
+// without AVX-512, BLAS elsewhere: on an AVX-512 Xeon the AVX-512 tiles ran the forward at MKL's
+// time and the backward at 0.86-0.89x its speed, benchmarks/NOTES.md), "blas" for BLAS everywhere,
+// "strip" for the widest tiles the CPU runs (an error where none do), "strip-avx2" or
+// "strip-avx512" for those tiles.
+std::optional<StripGemmIsa> strip_gemm_choice(const char* op, at::ScalarType acc) {
   const char* env = std::getenv("INPAINT_FAST_CPU_GEMM");
   const std::string choice = env ? env : "";
-  bool want;
+  const std::optional<StripGemmIsa> widest = strip_gemm_supported(StripGemmIsa::kAvx512)
+                                                 ? std::optional(StripGemmIsa::kAvx512)
+                                             : strip_gemm_supported(StripGemmIsa::kAvx2)
+                                                 ? std::optional(StripGemmIsa::kAvx2)
+                                                 : std::nullopt;
+  std::optional<StripGemmIsa> want;
   if (choice.empty() || choice == "auto") {
-    want = avx2_kernels_preferred();
+    if (avx2_kernels_preferred()) want = StripGemmIsa::kAvx2;
   } else if (choice == "blas") {
-    want = false;
+    want = std::nullopt;
   } else if (choice == "strip") {
-    TORCH_CHECK(avx2_kernels_supported(), op, ": INPAINT_FAST_CPU_GEMM=strip needs a CPU with AVX2 and FMA; ",
-                "this one has neither or only one (use auto or blas)");
-    want = true;
+    TORCH_CHECK(widest, op, ": INPAINT_FAST_CPU_GEMM=strip needs a CPU with AVX2 and FMA or AVX-512; ",
+                "this one has neither (use auto or blas)");
+    want = widest;
+  } else if (choice == "strip-avx2") {
+    TORCH_CHECK(strip_gemm_supported(StripGemmIsa::kAvx2), op,
+                ": INPAINT_FAST_CPU_GEMM=strip-avx2 needs a CPU with AVX2 and FMA; this one lacks one (use auto or blas)");
+    want = StripGemmIsa::kAvx2;
+  } else if (choice == "strip-avx512") {
+    TORCH_CHECK(strip_gemm_supported(StripGemmIsa::kAvx512), op,
+                ": INPAINT_FAST_CPU_GEMM=strip-avx512 needs a CPU with AVX-512; this one has none (use auto or blas)");
+    want = StripGemmIsa::kAvx512;
   } else {
-    TORCH_CHECK(false, op, ": INPAINT_FAST_CPU_GEMM=", choice, ": expected auto, blas or strip");
+    TORCH_CHECK(false, op, ": INPAINT_FAST_CPU_GEMM=", choice,
+                ": expected auto, blas, strip, strip-avx2 or strip-avx512");
   }
-  return want && acc == at::kFloat;
+  return acc == at::kFloat ? want : std::nullopt;
 }
 
 // Splits [0, n) into `parts` nearly equal contiguous ranges; returns the start of range `i`.
@@ -323,7 +342,8 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
   const int64_t Ctot = C + Cp;
   const auto acc = accumulate_dtype(x.scalar_type());
   const auto opts = x.options().dtype(acc);
-  const bool own_gemm = use_strip_gemm(op, acc);  // Which GEMM runs the strip products.
+  const std::optional<StripGemmIsa> gemm = strip_gemm_choice(op, acc);  // Which GEMM runs the strip products.
+  const bool own_gemm = gemm.has_value();
 
   // q serves as query and key: the score GEMM of a strip is Qt[rows] (rows x Cq) @ Q (Cq x N).
   const at::Tensor Q = flat_padded(q, opts);  // (B, Cq, N)
@@ -389,13 +409,13 @@ short_long_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& x, const at:
             at::Tensor s = strip[c].narrow(0, 0, rows);
 
             // Energies of the strip against every key: (rows x Cq) @ (Cq x N).
-            strip_mm(s, Qt[b].narrow(0, i0, rows), Q[b], own_gemm ? Qpacked[b] : at::Tensor());
+            strip_mm(s, Qt[b].narrow(0, i0, rows), Q[b], own_gemm ? Qpacked[b] : at::Tensor(), gemm);
             // Exact max-subtracted softmax in one pass after the max, left unnormalised: dividing
             // the (rows x Ctot) output by the row sums is cheaper than dividing the strip.
             softmax_strip<scalar_t>(s.data_ptr<scalar_t>(), rows, N, s.stride(0), sc, mx, l);
             // [sa; ca] for the strip's positions: (rows x N) @ (N x Ctot).
             at::Tensor o = strip_out[c].narrow(0, 0, rows);
-            strip_mm(o, s, own_gemm ? at::Tensor() : Vt[b], own_gemm ? Vpacked[b] : at::Tensor());
+            strip_mm(o, s, own_gemm ? at::Tensor() : Vt[b], own_gemm ? Vpacked[b] : at::Tensor(), gemm);
             // Normalised, gated and written to the outputs while o is still in cache.
             const int64_t at_i0 = b * C * N + i0, at_i0_pre = b * Cp * N + i0;
             with_storage_type<scalar_t>(bf16_in, [&](auto in_type) {
@@ -445,7 +465,8 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
   const int64_t Ctot = C + Cp;
   const auto acc = accumulate_dtype(x.scalar_type());
   const auto opts = x.options().dtype(acc);
-  const bool own_gemm = use_strip_gemm(op, acc);  // Which GEMM runs the strip products.
+  const std::optional<StripGemmIsa> gemm = strip_gemm_choice(op, acc);  // Which GEMM runs the strip products.
+  const bool own_gemm = gemm.has_value();
   const double gam = gamma.item<double>();
 
   const at::Tensor Q = flat_padded(q, opts);  // (B, Cq, N)
@@ -555,8 +576,8 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
           const at::Tensor Qt_rows = Qt_b.narrow(0, i0, rows);     // (rows, Cq)
 
           // Energies (rows x Cq) @ (Cq x N), and dP = dA_I^T V (both value streams).
-          strip_mm(p, Qt_rows, Q_b, own_gemm ? Qpacked[b] : at::Tensor());
-          strip_mm(ds, dAt_rows, V_b, own_gemm ? Vpacked[b] : at::Tensor());
+          strip_mm(p, Qt_rows, Q_b, own_gemm ? Qpacked[b] : at::Tensor(), gemm);
+          strip_mm(ds, dAt_rows, V_b, own_gemm ? Vpacked[b] : at::Tensor(), gemm);
           // P = exp(E - lse) with delta_i = sum_j P_ij dP_ij, then dS = P * (dP - delta).
           // Flash-style kernels take delta from the saved outputs (sum_c dA_ci O_ci, equal in
           // exact arithmetic) because they never hold a whole row; the strip does hold it, and the
@@ -568,7 +589,7 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
                                            lse_b + i0, delta);
           // Query side: rows I of dS Q^T (the scale is applied once at the end).
           at::Tensor dq_r = dq_rows[b].narrow(0, i0, rows);
-          strip_mm(dq_r, ds, Qt_b, own_gemm ? Qtpacked[b] : at::Tensor());
+          strip_mm(dq_r, ds, Qt_b, own_gemm ? Qtpacked[b] : at::Tensor(), gemm);
           // Key side: Q_I dS, and the values' gradient dA_I P, for every key position.
           const bool add = blk != blk_begin;
           if (own_gemm) {
@@ -576,9 +597,9 @@ short_long_attention_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& grad_cf
             float* dat_packed = strip_dat[c].data_ptr<float>();
             strip_gemm_pack_b(Qt_rows.data_ptr<float>(), Qt_rows.stride(0), rows, Cq, qt_packed);
             strip_gemm_pack_b(dAt_rows.data_ptr<float>(), dAt_rows.stride(0), rows, Ctot, dat_packed);
-            strip_gemm_transposed_a(ds.data_ptr<float>(), ds.stride(0), N, rows, qt_packed, Cq, aq.data_ptr<float>(),
+            strip_gemm_transposed_a(*gemm, ds.data_ptr<float>(), ds.stride(0), N, rows, qt_packed, Cq, aq.data_ptr<float>(),
                                     aq.stride(0), add);
-            strip_gemm_transposed_a(p.data_ptr<float>(), p.stride(0), N, rows, dat_packed, Ctot, av.data_ptr<float>(),
+            strip_gemm_transposed_a(*gemm, p.data_ptr<float>(), p.stride(0), N, rows, dat_packed, Ctot, av.data_ptr<float>(),
                                     av.stride(0), add);
           } else if (!add) {
             at::mm_out(aq, Qt_rows.t(), ds);
