@@ -12,7 +12,8 @@
 // against that operand packed once per image, the backward's key-side products transposed against
 // a strip's rows of a small operand packed per strip); in double, or by default on CPUs with
 // AVX-512 or without AVX2, they are BLAS calls on tensor views (inside at::parallel_for, MKL runs
-// single-threaded; strip_gemm's AVX-512 tiles are not faster than MKL there, strip_gemm_choice). The elementwise work between the GEMMs is done by fused row kernels
+// single-threaded; strip_gemm's AVX-512 tiles are not faster than MKL there, see
+// strip_gemm_choice). The elementwise work between the GEMMs is done by fused row kernels
 // (short_long_attention_rows.h), row by row. Peak extra memory is therefore O(threads * rows * N)
 // for the strips, O(threads * N * (Cq + Ctot)) for the backward accumulators and O(B * N * (Cq +
 // Ctot)) for the packed operands, instead of the O(N^2) of the reference.
@@ -266,7 +267,7 @@ std::optional<StripGemmIsa> strip_gemm_choice(const char* op, at::ScalarType acc
     want = widest;
   } else if (choice == "strip-avx2") {
     TORCH_CHECK(strip_gemm_supported(StripGemmIsa::kAvx2), op,
-                ": INPAINT_FAST_CPU_GEMM=strip-avx2 needs a CPU with AVX2 and FMA; this one lacks one (use auto or blas)");
+                ": INPAINT_FAST_CPU_GEMM=strip-avx2 needs a CPU with AVX2 and FMA; this one lacks AVX2 or FMA (use auto or blas)");
     want = StripGemmIsa::kAvx2;
   } else if (choice == "strip-avx512") {
     TORCH_CHECK(strip_gemm_supported(StripGemmIsa::kAvx512), op,

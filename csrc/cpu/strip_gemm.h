@@ -162,8 +162,8 @@ __attribute__((target("avx2,fma"))) void strip_tile_avx2(const float* __restrict
 }
 
 // AVX-512: NP panels (1 or 2), one zmm accumulator per row and panel (2 * 14 + 2 + 1 of the 32
-// registers at NP = 2). Two panels per tile halve the loads of A per FMA, as the wider ymm tile
-// does; B's panels stay in the packed form of one panel each.
+// registers at NP = 2). Two panels per tile halve the loads of A per FMA, as the AVX2 tile's two
+// ymm halves of a panel do; B keeps the packed form of one panel each (a tile reads two adjacent).
 template <int MR, int NP, bool kTransposedA>
 __attribute__((target("avx512f"))) void strip_tile_avx512(const float* __restrict a, int64_t lda,
                                                           const float* __restrict b, int64_t panel_stride, int64_t kc,
