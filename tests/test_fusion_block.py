@@ -69,6 +69,36 @@ def test_cpu_results_do_not_depend_on_the_threads(training):
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_matches_reference(backend, dtype, shape, training):
     skip_outside_envelope("fusion_block", backend, dtype, shape[2] * shape[3])
+    _check_against_reference(backend, dtype, shape, training)
+
+
+@pytest.mark.parametrize("conv", ["generic", "avx2"])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[3]],
+                         ids=lambda s: "B{}-c{}-{}x{}-from{}x{}-A{}".format(*s))
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_cpu_conv_choices_match_reference(conv, shape, training, monkeypatch):
+    """Both float 3x3 conv kernels of the cpu backend (INPAINT_FAST_CPU_CONV; the default picks
+    one per CPU, so without the switch a machine tests only its own): the AVX2 rows with 32-pixel
+    blocks and a scalar tail (w = 16, 9), A = 3 and 1. Skipped, saying so, where AVX2 is absent."""
+    monkeypatch.setenv("INPAINT_FAST_CPU_CONV", conv)
+    try:
+        _check_against_reference("cpu", torch.float32, shape, training)
+    except RuntimeError as e:
+        if conv == "avx2" and "INPAINT_FAST_CPU_CONV=avx2 needs a CPU with AVX2 and FMA" in str(e):
+            pytest.skip(str(e))
+        raise
+
+
+def test_cpu_conv_choice_is_checked(monkeypatch):
+    monkeypatch.setenv("INPAINT_FAST_CPU_CONV", "avx512")
+    feat, image, params = fusion_sample_inputs(SHAPES[0], torch.float32)
+    with pytest.raises(RuntimeError, match=r"INPAINT_FAST_CPU_CONV=avx512: expected auto, generic or avx2"):
+        inpaint_fast.fusion_block(feat, image, params, backend="cpu")
+
+
+def _check_against_reference(backend, dtype, shape, training):
+    """Outputs, gradients and running statistics of ``backend`` against the reference, judged
+    against the float64 reference (assert_close_to_oracle)."""
     feat, image, params = fusion_sample_inputs(shape, dtype)
     grads = fusion_upstream(feat, shape[-1], dtype)
     ours = fusion_run(_ours(backend), feat, image, params, training, grads)

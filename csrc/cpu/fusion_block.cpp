@@ -58,6 +58,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -298,7 +300,6 @@ std::vector<double> backward_conv_pass(const Shape& s, const HostParams& p, cons
   std::vector<double> conv_blocks(s.num_blocks * k_conv, 0.0);
   parallel_blocks(s, [&](int64_t blk0, int64_t blk1) {
     XRRows<T> xr(s, maker, io.X, io.R);
-    const bool avx2 = avx2_kernels_preferred();  // float: g1 from conv3x3_bwd_input_avx2
     RowRing<T> aring(Cm * s.ld, s.h), dring(A * s.ld, s.h);
     std::vector<T> in(6 * s.w), inc(6 * s.w), g(Cm * s.w), u(6 * s.w);
     auto fill_a = [&](T* dst, int64_t b, int64_t y) { a1rows.fill(dst, xr.row(b, y), in.data()); };
@@ -330,7 +331,7 @@ std::vector<double> backward_conv_pass(const Shape& s, const HostParams& p, cons
       bool g_given = false;
 #if IPF_X86_KERNELS
       if constexpr (std::is_same<T, float>::value) {
-        if (avx2) {
+        if (s.conv3x3_avx2) {  // g1 from the AVX2 kernel
           conv3x3_bwd_input_avx2<A>(d_up, d_mid, d_down, a_mid, W2.data(), slope, Cm, s.w, g.data());
           g_given = true;
         }
@@ -481,11 +482,31 @@ at::Tensor grad_like(const std::vector<double>& v, const at::Tensor& like) {
 
 // The checks both entry points run (csrc/fusion_block_params.h, then the CPU dtype envelope for
 // feat, which sets the type the kernels run in); returns the call's shape.
+// Whether this call's float 3x3 conv rows run on the AVX2 kernels of fusion_block_conv3x3.h.
+// INPAINT_FAST_CPU_CONV, read at every call (a comparison switch, like INPAINT_FAST_CPU_GEMM):
+// unset or "auto" for the default (the kernels wherever AVX2 + FMA exist, AVX-512 CPUs included:
+// on an AVX-512 Xeon they ran the block at 0.91-0.96x the time of the generic loops' zmm clone,
+// benchmarks/NOTES.md), "generic" for the generic loops, "avx2" for the kernels (an error where
+// they cannot run).
+bool conv3x3_avx2_choice(const char* op) {
+  const char* env = std::getenv("INPAINT_FAST_CPU_CONV");
+  const std::string choice = env ? env : "";
+  if (choice.empty() || choice == "auto") return avx2_kernels_supported();
+  if (choice == "generic") return false;
+  TORCH_CHECK(choice == "avx2", op, ": INPAINT_FAST_CPU_CONV=", choice, ": expected auto, generic or avx2");
+  TORCH_CHECK(avx2_kernels_supported(), op,
+              ": INPAINT_FAST_CPU_CONV=avx2 needs a CPU with AVX2 and FMA; this one lacks AVX2 or FMA (use auto or generic)");
+  return true;
+}
+
+// The structural checks, the CPU dtype envelope and the call's plan (its shape and conv kernels).
 Shape check_inputs(const char* op, const at::Tensor& feat, const at::Tensor& image, const FusionBlockParams& params,
                    bool training) {
   const FusionBlockDims d = check_fusion_block_params(op, feat, image, params, training);
   check_cpu_dtype(op, "feat", feat);
-  return make_shape(d);
+  Shape s = make_shape(d);
+  s.conv3x3_avx2 = conv3x3_avx2_choice(op) && accumulate_dtype(feat.scalar_type()) == at::kFloat;
+  return s;
 }
 
 }  // namespace

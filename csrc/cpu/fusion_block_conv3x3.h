@@ -14,8 +14,8 @@
 // row-major order, one FMA each; the 8-pixel blocks and the scalar tail use the same order, so a
 // pixel's result does not depend on where it falls in the row.
 //
-// Instruction set: AVX2 + FMA; it runs by default where avx2_kernels_preferred() (csrc/cpu/isa.h:
-// AVX2 CPUs without AVX-512), as the strip GEMM does.
+// Instruction set: AVX2 + FMA; by default it runs wherever the CPU has them, AVX-512 CPUs included
+// (conv3x3_avx2_choice in fusion_block.cpp: faster there than the generic loops' zmm clone).
 //
 // Only fusion_block.cpp (and its C++ test) includes this header: the names keep internal linkage.
 #pragma once

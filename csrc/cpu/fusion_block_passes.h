@@ -180,7 +180,7 @@ class Z2Rows {
     const T* down = ring_.get(b, y + 1, fill);
 #if IPF_X86_KERNELS
     if constexpr (std::is_same<T, float>::value) {
-      if (avx2_) {
+      if (s_.conv3x3_avx2) {
         conv3x3_row_avx2<A>(up, mid, down, s_.Cm, s_.w, W2_, b2_, z2_.data());
         return z2_.data();
       }
@@ -198,7 +198,6 @@ class Z2Rows {
   const T* b2_;
   RowRing<T> ring_;
   std::vector<T> z2_, in_;
-  bool avx2_ = avx2_kernels_preferred();  // float rows: conv3x3_row_avx2
 };
 
 // invstd2 = 1 / sqrt(var2 + eps) per BN2 channel, written in place (a Head points at it).

@@ -35,6 +35,9 @@ constexpr double kSlope = 0.2;  // LeakyReLU negative slope of DFNet's blend blo
 // row of consecutive channels is hw apart.
 struct Shape : FusionBlockDims {
   int64_t hw, M, ld, blocks_per_image, num_blocks;
+  // Whether the float 3x3 conv rows run on the AVX2 kernels of fusion_block_conv3x3.h
+  // (conv3x3_avx2_choice in fusion_block.cpp); false for double.
+  bool conv3x3_avx2;
 };
 
 Shape make_shape(const FusionBlockDims& d) {

@@ -258,7 +258,7 @@ std::optional<StripGemmIsa> strip_gemm_choice(const char* op, at::ScalarType acc
                                                  : std::nullopt;
   std::optional<StripGemmIsa> want;
   if (choice.empty() || choice == "auto") {
-    if (avx2_kernels_preferred()) want = StripGemmIsa::kAvx2;
+    if (avx2_kernels_supported() && !avx512_kernels_supported()) want = StripGemmIsa::kAvx2;
   } else if (choice == "blas") {
     want = std::nullopt;
   } else if (choice == "strip") {
