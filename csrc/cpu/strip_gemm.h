@@ -178,6 +178,9 @@ __attribute__((target("avx512f"))) void strip_tile_avx512(const float* __restric
 #pragma GCC unroll 2
     for (int q = 0; q < NP; ++q) acc[r][q] = _mm512_setzero_ps();
   }
+  // Two kk per iteration: in a scratch loop (one thread) the backward's shapes ran 5-10% faster
+  // (dq 150 -> 164 GFLOP/s, the key-side Pt dAt_I 141 -> 154), the forward's unchanged.
+#pragma GCC unroll 2
   for (int64_t kk = 0; kk < kc; ++kk) {
     __m512 bq[NP];
 #pragma GCC unroll 2
