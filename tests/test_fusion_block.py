@@ -36,6 +36,10 @@ SHAPES = [
 ]
 
 
+def shape_id(s):
+    return "B{}-c{}-{}x{}-from{}x{}-A{}".format(*s)
+
+
 def _ours(backend):
     return lambda *a, **kw: inpaint_fast.fusion_block(*a, **kw, backend=backend)
 
@@ -65,7 +69,7 @@ def test_cpu_results_do_not_depend_on_the_threads(training):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-c{}-{}x{}-from{}x{}-A{}".format(*s))
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_matches_reference(backend, dtype, shape, training):
     skip_outside_envelope("fusion_block", backend, dtype, shape[2] * shape[3])
@@ -73,13 +77,13 @@ def test_matches_reference(backend, dtype, shape, training):
 
 
 @pytest.mark.parametrize("conv", ["generic", "avx2"])
-@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[3]],
-                         ids=lambda s: "B{}-c{}-{}x{}-from{}x{}-A{}".format(*s))
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3], (1, 5, 6, 41, 12, 82, 3)], ids=shape_id)
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_cpu_conv_choices_match_reference(conv, shape, training, monkeypatch):
     """Both float 3x3 conv kernels of the cpu backend (INPAINT_FAST_CPU_CONV; the default picks
-    one per CPU, so without the switch a machine tests only its own): the AVX2 rows with 32-pixel
-    blocks and a scalar tail (w = 16, 9), A = 3 and 1. Skipped, saying so, where AVX2 is absent."""
+    one per CPU, so without the switch a machine tests only its own): the AVX2 rows' 8-pixel
+    blocks (w = 16), a scalar tail (w = 9, A = 1) and a 32-pixel block with both (w = 41).
+    Skipped, saying so, where AVX2 is absent."""
     monkeypatch.setenv("INPAINT_FAST_CPU_CONV", conv)
     try:
         _check_against_reference("cpu", torch.float32, shape, training)

@@ -480,12 +480,10 @@ at::Tensor grad_like(const std::vector<double>& v, const at::Tensor& like) {
   return t.to(like.scalar_type());
 }
 
-// The checks both entry points run (csrc/fusion_block_params.h, then the CPU dtype envelope for
-// feat, which sets the type the kernels run in); returns the call's shape.
 // Whether this call's float 3x3 conv rows run on the AVX2 kernels of fusion_block_conv3x3.h.
 // INPAINT_FAST_CPU_CONV, read at every call (a comparison switch, like INPAINT_FAST_CPU_GEMM):
 // unset or "auto" for the default (the kernels wherever AVX2 + FMA exist, AVX-512 CPUs included:
-// on an AVX-512 Xeon they ran the block at 0.91-0.96x the time of the generic loops' zmm clone,
+// on an AVX-512 Xeon they ran the block at 0.89-0.96x the time of the generic loops' zmm clone,
 // benchmarks/NOTES.md), "generic" for the generic loops, "avx2" for the kernels (an error where
 // they cannot run).
 bool conv3x3_avx2_choice(const char* op) {
@@ -499,7 +497,8 @@ bool conv3x3_avx2_choice(const char* op) {
   return true;
 }
 
-// The structural checks, the CPU dtype envelope and the call's plan (its shape and conv kernels).
+// The checks both entry points run (csrc/fusion_block_params.h, then the CPU dtype envelope for
+// feat, which sets the type the kernels run in); returns the call's shape and its conv kernels.
 Shape check_inputs(const char* op, const at::Tensor& feat, const at::Tensor& image, const FusionBlockParams& params,
                    bool training) {
   const FusionBlockDims d = check_fusion_block_params(op, feat, image, params, training);
