@@ -245,7 +245,7 @@ void strip_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const a
 // BLAS (nullopt; always for double). INPAINT_FAST_CPU_GEMM, read at every call (a comparison
 // switch, like INPAINT_FAST_CUDA_SIMT): unset or "auto" for the default (the AVX2 tiles on AVX2 CPUs
 // without AVX-512, BLAS elsewhere: on an AVX-512 Xeon the AVX-512 tiles ran the forward at MKL's
-// time and the backward at 0.86-0.89x its speed, benchmarks/NOTES.md), "blas" for BLAS everywhere,
+// time and the backward at 0.86-0.94x its speed, benchmarks/NOTES.md), "blas" for BLAS everywhere,
 // "strip" for the widest tiles the CPU runs (an error where none do), "strip-avx2" or
 // "strip-avx512" for those tiles.
 std::optional<StripGemmIsa> strip_gemm_choice(const char* op, at::ScalarType acc) {
@@ -258,21 +258,18 @@ std::optional<StripGemmIsa> strip_gemm_choice(const char* op, at::ScalarType acc
                                                  : std::nullopt;
   std::optional<StripGemmIsa> want;
   if (choice.empty() || choice == "auto") {
-    if (avx2_kernels_supported() && !avx512_kernels_supported()) want = StripGemmIsa::kAvx2;
+    if (widest == StripGemmIsa::kAvx2) want = widest;  // BLAS where AVX-512 is present (see above)
   } else if (choice == "blas") {
     want = std::nullopt;
   } else if (choice == "strip") {
     TORCH_CHECK(widest, op, ": INPAINT_FAST_CPU_GEMM=strip needs a CPU with AVX2 and FMA or AVX-512; ",
                 "this one has neither (use auto or blas)");
     want = widest;
-  } else if (choice == "strip-avx2") {
-    TORCH_CHECK(strip_gemm_supported(StripGemmIsa::kAvx2), op,
-                ": INPAINT_FAST_CPU_GEMM=strip-avx2 needs a CPU with AVX2 and FMA; this one lacks AVX2 or FMA (use auto or blas)");
-    want = StripGemmIsa::kAvx2;
-  } else if (choice == "strip-avx512") {
-    TORCH_CHECK(strip_gemm_supported(StripGemmIsa::kAvx512), op,
-                ": INPAINT_FAST_CPU_GEMM=strip-avx512 needs a CPU with AVX-512; this one has none (use auto or blas)");
-    want = StripGemmIsa::kAvx512;
+  } else if (choice == "strip-avx2" || choice == "strip-avx512") {
+    const bool avx2 = choice == "strip-avx2";
+    want = avx2 ? StripGemmIsa::kAvx2 : StripGemmIsa::kAvx512;
+    TORCH_CHECK(strip_gemm_supported(*want), op, ": INPAINT_FAST_CPU_GEMM=", choice, " needs a CPU with ",
+                avx2 ? "AVX2 and FMA; this one lacks AVX2 or FMA" : "AVX-512; this one has none", " (use auto or blas)");
   } else {
     TORCH_CHECK(false, op, ": INPAINT_FAST_CPU_GEMM=", choice,
                 ": expected auto, blas, strip, strip-avx2 or strip-avx512");

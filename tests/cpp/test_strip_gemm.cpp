@@ -26,7 +26,7 @@ int failures = 0;
 // With `accumulate`, C starts as random values that the product is added to.
 void check(int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc, bool transposed, bool accumulate,
            std::mt19937& rng) {
-  const bool both = strip_gemm_supported(StripGemmIsa::kAvx512);
+  const bool has_avx512 = strip_gemm_supported(StripGemmIsa::kAvx512);
   std::normal_distribution<float> normal;
   std::vector<float> a((transposed ? k : m) * lda), b(k * n);
   for (float& v : a) v = normal(rng);
@@ -50,7 +50,7 @@ void check(int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc, bool trans
   run(StripGemmIsa::kAvx2, c);
   // The AVX-512 tiles against the AVX2 tiles' C, element by element (outside C both keep the sentinel).
   int64_t differ = 0;
-  if (both) {
+  if (has_avx512) {
     std::vector<float> c512 = c0;
     run(StripGemmIsa::kAvx512, c512);
     for (size_t j = 0; j < c.size(); ++j) differ += std::memcmp(&c[j], &c512[j], sizeof(float)) != 0;
@@ -90,7 +90,7 @@ void check(int64_t m, int64_t k, int64_t n, int64_t lda, int64_t ldc, bool trans
               transposed ? (accumulate ? "transposed A, C +=" : "transposed A, C =") : "A by rows, C =",
               static_cast<long long>(m), static_cast<long long>(k), static_cast<long long>(n),
               static_cast<long long>(lda), static_cast<long long>(ldc), worst, static_cast<long long>(stray),
-              both ? ", AVX-512 elements not bitwise AVX2's: " : "", both ? static_cast<long long>(differ) : 0LL);
+              has_avx512 ? ", AVX-512 elements not bitwise AVX2's: " : "", has_avx512 ? static_cast<long long>(differ) : 0LL);
 }
 
 }  // namespace
